@@ -1,0 +1,1 @@
+"""ddpm_lightning: denoising diffusion models with PyTorch Lightning and Hydra."""

@@ -1,0 +1,203 @@
+"""`DiffusionDataModule`: the contract every dataset of this package follows, and `data_shape_of`.
+
+A diffusion model needs only one thing from its data: a stream of float32 tensors, images
+`(B, C, H, W)` in [-1, 1] or points `(B, 2)`. Batches are therefore plain tensors, never
+`(image, label)` tuples. Subclasses only say how to build the *pool* (the official training data,
+unaugmented, one tensor per item) and which augmentation the training split gets; this class
+splits the pool into train / val, builds the loaders and serves fixed real samples for FID.
+
+The split is deterministic: a `torch.Generator` seeded with `split_seed` permutes the pool once;
+the first `round(val_fraction * N)` permuted items are validation, the rest training. Each split
+keeps that permuted order, so "the first n examples of a split" (`real_samples`) is a fixed
+random subset rather than, say, the first class of a folder sorted by class.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ddpm_lightning.data.datasets import RandomHFlip
+
+SPLITS = ("train", "val")
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """`value` as an int, or a one-line ValueError naming `name` and the bad value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Any) -> Any:
+    """`value` if it is one of `choices`, else a ValueError naming it and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {sorted(choices)}")
+    return value
+
+
+class DiffusionDataModule(L.LightningDataModule):
+    """Base class: train / val loaders of float32 tensors, fixed real samples, a cache key.
+
+    Args:
+        batch_size: examples per training and validation batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        pin_memory: page-locked host memory, faster host-to-GPU copies.
+        persistent_workers: keep workers alive between epochs; only used when num_workers > 0.
+        val_fraction: share of the training pool held out for validation, in [0, 1); 0 means
+            no validation loader (an empty list, which Lightning skips).
+        split_seed: seed of the generator that makes the train / val split.
+        drop_last: drop the last incomplete training batch, so every step sees `batch_size`.
+
+    Subclasses set `name`, `data_shape` and `is_image` in `__init__` (before `setup`, since the
+    model is built from `data_shape`) and implement `_build_pool()`.
+    """
+
+    name: str = "data"
+    is_image: bool = True
+    data_shape: tuple[int, ...]
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+            raise ValueError(f"split_seed must be an integer, got {split_seed!r}")
+        self.num_workers = num_workers
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.val_fraction = float(val_fraction)
+        self.split_seed = split_seed
+        self.drop_last = bool(drop_last)
+        self.hflip = False  # subclasses with images may turn it on
+        self._pool: Dataset | None = None
+        self._indices: dict[str, torch.Tensor] = {}
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def _build_pool(self) -> Dataset:
+        """The whole training pool, unaugmented: item i is a float32 tensor of `data_shape`."""
+        raise NotImplementedError
+
+    def _cache_tags(self) -> list[str]:
+        """Extra settings that change the data (beyond name, shape and split), for cache_key."""
+        return []
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the pool and the split once; later calls (one per Trainer stage) are no-ops."""
+        if self._pool is not None:
+            return
+        pool = self._build_pool()
+        n = len(pool)
+        n_val = round(self.val_fraction * n)
+        if self.val_fraction > 0:
+            n_val = max(n_val, 1)  # a requested validation split is never silently empty
+        n_train = n - n_val
+        if n_train < 1 or (self.drop_last and n_train < self.batch_size):
+            raise ValueError(
+                f"{self.name}: {n_train} training examples (of {n}, val_fraction="
+                f"{self.val_fraction}) cannot fill one batch of batch_size={self.batch_size}"
+                f"{' with drop_last=True' if self.drop_last else ''}; lower data.batch_size"
+            )
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        self._indices = {"val": perm[:n_val], "train": perm[n_val:]}
+        self._pool = pool
+
+    def train_dataloader(self) -> DataLoader:
+        data: Dataset = self._subset("train")
+        if self.hflip:
+            data = RandomHFlip(data)
+        return self._loader(data, shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if len(self.split_indices("val")) == 0:
+            return []  # val_fraction=0: Lightning skips validation
+        return self._loader(self._subset("val"), shuffle=False, drop_last=False)
+
+    # -- the rest of the public API ----------------------------------------------------------
+
+    def split_indices(self, split: str = "train") -> torch.Tensor:
+        """Indices (into the pool, in split order) of `split`; sets the data up if needed."""
+        check_choice("split", split, SPLITS)
+        self.setup()
+        return self._indices[split]
+
+    def real_samples(self, n: int, split: str = "train") -> torch.Tensor:
+        """The first `n` examples of `split`, unaugmented, as one float32 tensor (n, *data_shape).
+
+        The same call always returns the same tensor (the split order is seeded), which makes
+        it a fixed FID reference set and a fixed picture of the forward process.
+        """
+        check_positive_int("n", n)
+        indices = self.split_indices(split)
+        if n > len(indices):
+            raise ValueError(
+                f"real_samples(n={n}, split={split!r}): the {split} split of {self.name} has only "
+                f"{len(indices)} examples"
+            )
+        loader = self._loader(Subset(self._pool, indices[:n].tolist()), shuffle=False)
+        return torch.cat(list(loader))
+
+    def cache_key(self, split: str, n: int) -> str:
+        """A filesystem-safe id of (dataset, split, shape, n, split settings), e.g.
+        `digits-train-1x16x16-n1000-seed0-val0.1`, for statistics cached on disk."""
+        check_choice("split", split, SPLITS)
+        check_positive_int("n", n)
+        shape = "x".join(str(d) for d in self.data_shape) if self.is_image else "2d"
+        parts = [self.name, split, shape, f"n{n}", f"seed{self.split_seed}",
+                 f"val{self.val_fraction:g}", *self._cache_tags()]
+        return re.sub(r"[^A-Za-z0-9._=-]+", "_", "-".join(parts))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _subset(self, split: str) -> Subset:
+        return Subset(self._pool, self.split_indices(split).tolist())
+
+    def _loader(self, data: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            # PyTorch refuses persistent workers without workers, so the flag is ignored there.
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+
+def data_shape_of(data: DiffusionDataModule | Mapping[str, Any]) -> tuple[int, ...]:
+    """`data_shape` of a datamodule, or of a Hydra `data` config node, without `setup()`.
+
+    A config is instantiated, which is cheap: constructors only read their arguments; files
+    are opened in `prepare_data` / `setup`.
+    """
+    if isinstance(data, DiffusionDataModule):
+        return tuple(data.data_shape)
+    if isinstance(data, Mapping):  # DictConfig is a Mapping too
+        from hydra.utils import instantiate
+
+        return data_shape_of(instantiate(data))
+    raise ValueError(
+        f"data_shape_of expects a DiffusionDataModule or a Hydra config with _target_, "
+        f"got {type(data).__name__}"
+    )

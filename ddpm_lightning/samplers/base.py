@@ -1,0 +1,145 @@
+"""The sampler interface: choose the number of steps, then step x_t to x_{t_prev}.
+
+A sampler consumes only the parameterization-free `Prediction(x0, eps)`, so every sampler works
+with every parameterization. `set_timesteps(n)` picks n of the T training timesteps and
+precomputes each step's coefficients in float64 (stored as float32 tensors on the schedule's
+device); `step(x_t, t, pred)` returns `StepOutput(prev_sample, pred_x0)` as diffusers does.
+The denoising loop itself lives in one place: `ddpm_lightning.sampling.sample`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ddpm_lightning.parameterizations import Prediction
+from ddpm_lightning.process import DiffusionProcess, extract
+from ddpm_lightning.samplers.thresholding import clip_x0, dynamic_threshold
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+class StepOutput(NamedTuple):
+    prev_sample: torch.Tensor  # x_{t_prev}
+    pred_x0: torch.Tensor  # the (clipped / thresholded) x0_hat used for this step
+
+
+def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str) -> torch.Tensor:
+    """n of the T timesteps in descending order, with diffusers' meanings of the spacings
+    (Lin et al. 2023, Table 2):
+
+    * leading:  0, T//n, 2T//n, ...        (DDIM paper; never reaches t = T-1 unless n = T)
+    * trailing: round(T - k T/n) - 1        (always starts at t = T-1; Lin et al.'s fix)
+    * linspace: round(linspace(0, T-1, n))  (both ends)
+    """
+    T, n = num_train_timesteps, num_steps
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n > T:
+        raise ValueError(f"number of sampling steps must be an integer in [1, {T}], got {n!r}")
+    if spacing == "leading":
+        ts = torch.arange(0, n, dtype=torch.float64) * (T // n)
+    elif spacing == "trailing":
+        ts = torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
+    elif spacing == "linspace":
+        ts = torch.linspace(0, T - 1, n, dtype=torch.float64).round()
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}")
+    return ts.sort(descending=True).values.long()
+
+
+class Sampler:
+    """Base class of the samplers.
+
+    Args:
+        process: the forward process (its buffers give the schedule).
+        spacing: how n of the T timesteps are chosen (`make_timesteps`).
+        clip_denoised: clamp x0_hat to [-clip_range, clip_range] before each step.
+        dynamic_threshold: Imagen's percentile (e.g. 0.995) for dynamic thresholding, or None.
+        dynamic_threshold_max: an upper bound on Imagen's s (diffusers' `sample_max_value`).
+    """
+
+    name = ""
+
+    def __init__(
+        self,
+        process: DiffusionProcess,
+        spacing: str = "trailing",
+        clip_denoised: bool = False,
+        clip_range: float = 1.0,
+        dynamic_threshold: float | None = None,
+        dynamic_threshold_max: float | None = None,
+    ) -> None:
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}")
+        if dynamic_threshold is not None and not 0 < dynamic_threshold <= 1:
+            raise ValueError(f"dynamic_threshold is a quantile in (0, 1], got {dynamic_threshold!r}")
+        self.process = process
+        self.spacing = spacing
+        self.clip_denoised = clip_denoised
+        self.clip_range = clip_range
+        self.dynamic_threshold = dynamic_threshold
+        self.dynamic_threshold_max = dynamic_threshold_max
+        self.timesteps = torch.empty(0, dtype=torch.long)
+        self._index: dict[int, int] = {}
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.process.num_timesteps
+
+    def set_timesteps(self, num_steps: int | None = None) -> torch.Tensor:
+        """Choose `num_steps` timesteps (all T when None) and precompute the step coefficients."""
+        T = self.num_train_timesteps
+        ts = make_timesteps(T, T if num_steps is None else num_steps, self.spacing)
+        self.timesteps = ts
+        self.prev_timesteps = torch.cat([ts[1:], ts.new_tensor([-1])])
+        self._index = {int(t): i for i, t in enumerate(ts)}
+        abar = self.process.alphas_cumprod_f64
+        abar_t = abar[ts]
+        abar_prev = torch.where(self.prev_timesteps >= 0, abar[self.prev_timesteps.clamp(min=0)], 1.0)
+        device = self.process.betas.device
+        self._coefs = {
+            k: v.to(device=device, dtype=torch.float32)
+            for k, v in self.coefficients(abar_t, abar_prev).items()
+        }
+        return ts
+
+    def coefficients(self, abar_t: torch.Tensor, abar_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-step coefficient tables (float64, shape (n,)) from abar at t and t_prev."""
+        raise NotImplementedError
+
+    def prev_timestep(self, t: int) -> int:
+        return int(self.prev_timesteps[self._index[int(t)]])
+
+    def coef(self, name: str, t: int) -> torch.Tensor:
+        """A 0-d tensor on the schedule's device: no host-device sync in the loop."""
+        return self._coefs[name][self._index[int(t)]]
+
+    def denoise(self, x_t: torch.Tensor, t: int, pred: Prediction) -> Prediction:
+        """Clip or threshold x0_hat; eps_hat is then re-derived from the clipped x0_hat so the
+        pair stays consistent with x_t (as guided-diffusion's DDIM does)."""
+        if not (self.clip_denoised or self.dynamic_threshold):
+            return pred
+        x0 = pred.x0
+        if self.dynamic_threshold:
+            x0 = dynamic_threshold(x0, self.dynamic_threshold, self.dynamic_threshold_max)
+        else:
+            x0 = clip_x0(x0, self.clip_range)
+        tt = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
+        return Prediction(x0, self.process.eps_from_x0(x_t, tt, x0))
+
+    def step(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        pred: Prediction,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> StepOutput:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        n = len(self.timesteps)
+        return f"{type(self).__name__}(steps={n or 'unset'}, spacing={self.spacing!r})"
+
+
+__all__ = ["SPACINGS", "Sampler", "StepOutput", "extract", "make_timesteps"]
