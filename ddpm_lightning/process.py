@@ -50,10 +50,15 @@ class DiffusionProcess(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(schedule, str):
-            num_timesteps = None if num_timesteps is None else num_timesteps
-            if num_timesteps is not None and len(schedule) != num_timesteps:
-                num_timesteps = None  # an explicit list defines T itself
+            num_timesteps = None  # an explicit list of betas defines T itself
         betas = make_betas(schedule, num_timesteps, zero_terminal_snr, **schedule_kwargs)
+        # enough to rebuild this process (stored in checkpoints' hyperparameters)
+        self.config = {
+            "schedule": schedule if isinstance(schedule, str) else [float(b) for b in schedule],
+            "num_timesteps": int(betas.numel()),
+            "zero_terminal_snr": bool(zero_terminal_snr),
+            **schedule_kwargs,
+        }
         self.schedule_name = schedule if isinstance(schedule, str) else "explicit"
         self.num_timesteps = int(betas.numel())
 

@@ -154,7 +154,7 @@ class DiffusionDataModule(L.LightningDataModule):
                 f"real_samples(n={n}, split={split!r}): the {split} split of {self.name} has only "
                 f"{len(indices)} examples"
             )
-        loader = self._loader(Subset(self._pool, indices[:n].tolist()), shuffle=False)
+        loader = self._loader(Subset(self._pool, indices[:n].tolist()), shuffle=False)  # (n, ...)
         return torch.cat(list(loader))
 
     def cache_key(self, split: str, n: int) -> str:
@@ -170,7 +170,8 @@ class DiffusionDataModule(L.LightningDataModule):
     # -- helpers -----------------------------------------------------------------------------
 
     def _subset(self, split: str) -> Subset:
-        return Subset(self._pool, self.split_indices(split).tolist())
+        indices = self.split_indices(split).tolist()  # first: it runs setup(), which sets _pool
+        return Subset(self._pool, indices)
 
     def _loader(self, data: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(

@@ -6,10 +6,15 @@ from ddpm_lightning.process import DiffusionProcess
 from ddpm_lightning.samplers.base import SPACINGS, Sampler, StepOutput, make_timesteps
 from ddpm_lightning.samplers.ddim import DDIMSampler
 from ddpm_lightning.samplers.ddpm import DDPMSampler
+from ddpm_lightning.samplers.diffusers_adapter import DiffusersSampler
+from ddpm_lightning.samplers.dpm_solver import DPMSolverSampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
     DDPMSampler.name: DDPMSampler,
     DDIMSampler.name: DDIMSampler,
+    DPMSolverSampler.name: DPMSolverSampler,  # "dpmpp_2m"
+    "dpm_solver++": DPMSolverSampler,  # the paper's name; also valid on a Hydra command line
+    DiffusersSampler.name: DiffusersSampler,  # "diffusers"
 }
 
 
@@ -27,6 +32,8 @@ __all__ = [
     "SPACINGS",
     "DDIMSampler",
     "DDPMSampler",
+    "DPMSolverSampler",
+    "DiffusersSampler",
     "Sampler",
     "StepOutput",
     "get_sampler",

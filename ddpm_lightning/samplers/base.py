@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ddpm_lightning.parameterizations import Prediction
@@ -36,15 +37,17 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str) -> to
     T, n = num_train_timesteps, num_steps
     if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n > T:
         raise ValueError(f"number of sampling steps must be an integer in [1, {T}], got {n!r}")
+    # numpy, as diffusers computes them: torch's arange/linspace round exact halves differently
+    # (e.g. trailing, n = 48 would give 937 where diffusers gives 936)
     if spacing == "leading":
-        ts = torch.arange(0, n, dtype=torch.float64) * (T // n)
+        ts = (np.arange(0, n) * (T // n)).round()
     elif spacing == "trailing":
-        ts = torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
+        ts = np.round(np.arange(T, 0, -T / n)) - 1
     elif spacing == "linspace":
-        ts = torch.linspace(0, T - 1, n, dtype=torch.float64).round()
+        ts = np.linspace(0, T - 1, n).round()
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}")
-    return ts.sort(descending=True).values.long()
+    return torch.from_numpy(np.sort(ts.astype(np.int64))[::-1].copy())
 
 
 class Sampler:

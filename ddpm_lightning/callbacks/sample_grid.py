@@ -1,0 +1,169 @@
+"""`SampleGrid`: pictures of the model's samples while training, with the EMA weights.
+
+Every `every_n_steps` (at a validation), it samples from the same fixed noise all run long, so
+the grids show the same samples getting better. It also draws a strip of the denoising
+trajectory (x_t, and the model's x0_hat, at evenly spaced steps) and, once, a strip of real
+images being noised by the forward process. Pictures are saved as PNG in `out_dir` and logged to
+W&B and TensorBoard loggers; 2-D data gets scatter plots instead.
+
+Sampling happens in `on_validation_batch_end`: inside the validation epoch, where Lightning's
+weight-averaging callback has swapped the EMA weights in, whatever the callback order. Under DDP
+each rank samples its share of the fixed noise and rank 0 writes the gathered grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from ddpm_lightning import visualize
+
+
+class SampleGrid(Callback):
+    """Log sample grids, denoising trajectories and forward-noising strips.
+
+    Args:
+        every_n_steps: minimum number of optimizer steps between two grids (grids are drawn
+            at validations, so set `trainer.val_check_interval` accordingly).
+        num_samples: samples per grid.
+        seed: seed of the fixed starting noise.
+        sampler: a sampler spec ({"name": "ddim", "num_steps": 50, ...}); None: the model's.
+        trajectory_samples: rows of the trajectory strip (0: none).
+        trajectory_frames: columns of the trajectory strip.
+        forward_samples: rows of the forward-noising strip of real images (0: none).
+        out_dir: where PNGs go; default `<trainer.default_root_dir>/samples`.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        num_samples: int = 64,
+        seed: int = 0,
+        sampler: dict[str, Any] | str | None = None,
+        trajectory_samples: int = 8,
+        trajectory_frames: int = 10,
+        forward_samples: int = 8,
+        out_dir: str | None = None,
+    ) -> None:
+        if every_n_steps < 1 or num_samples < 1:
+            raise ValueError(f"every_n_steps and num_samples must be >= 1, got {every_n_steps}, {num_samples}")
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.seed = seed
+        self.sampler = sampler
+        self.trajectory_samples = trajectory_samples
+        self.trajectory_frames = trajectory_frames
+        self.forward_samples = forward_samples
+        self.out_dir = Path(out_dir) if out_dir else None
+        self._last_step: int | None = None
+        self._forward_done = False
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.out_dir is None:
+            self.out_dir = Path(trainer.default_root_dir) / "samples"
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        step = trainer.global_step
+        if self._last_step is not None and step - self._last_step < self.every_n_steps:
+            return
+        self._last_step = step
+        self.draw(trainer, pl_module, tag=f"step_{step:07d}")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after on_train_end, when the EMA weights have been copied into the model
+        if not trainer.fast_dev_run:
+            self.draw(trainer, pl_module, tag="final")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = state_dict.get("last_step")
+
+    # ---- drawing -------------------------------------------------------------------------
+    def fixed_noise(self, pl_module) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        return torch.randn(self.num_samples, *pl_module.data_shape, generator=g)
+
+    def draw(self, trainer: L.Trainer, pl_module, tag: str) -> None:
+        if pl_module.data_shape is None:
+            return
+        world, rank = trainer.world_size, trainer.global_rank
+        noise = self.fixed_noise(pl_module)
+        pad = (-len(noise)) % world  # equal shares, so all_gather sees equal shapes
+        noise = torch.cat([noise, noise[:pad]]) if pad else noise
+        want_traj = rank == 0 and self.trajectory_samples > 0 and len(pl_module.data_shape) == 3
+        out = pl_module.sample(noise=noise[rank::world], sampler=self.sampler, return_trajectory=want_traj)
+        samples = out.samples
+        if world > 1:
+            # (world, n_local, ...) -> interleave back to the order of the fixed noise
+            gathered = pl_module.all_gather(samples)
+            samples = gathered.transpose(0, 1).reshape(-1, *samples.shape[1:])
+        samples = samples[: self.num_samples]
+        self._write(trainer, pl_module, tag, samples, out if want_traj else None)
+
+    @rank_zero_only
+    def _write(self, trainer, pl_module, tag: str, samples: torch.Tensor, out) -> None:
+        images: dict[str, np.ndarray] = {}
+        if len(pl_module.data_shape) == 3:
+            images["samples"] = visualize.image_grid(samples)
+            if out is not None:
+                k = self.trajectory_samples
+                idx = visualize.frame_indices(len(out.trajectory), self.trajectory_frames)
+                images["trajectory"] = visualize.strip(out.trajectory[idx, :k])
+                idx0 = visualize.frame_indices(len(out.x0_trajectory), self.trajectory_frames)
+                images["trajectory_x0"] = visualize.strip(out.x0_trajectory[idx0, :k])
+            if self.forward_samples > 0 and not self._forward_done:
+                strip_img = self._forward_strip(trainer, pl_module)
+                if strip_img is not None:
+                    images["forward"] = strip_img
+                self._forward_done = True
+        else:
+            reference = self._real(trainer, len(samples))
+            images["samples"] = visualize.scatter(samples, reference, title=f"{tag}")
+        for name, img in images.items():
+            path = visualize.save_png(img, self.out_dir / f"{name}_{tag}.png")
+            visualize.save_png(img, self.out_dir / f"{name}_latest.png")
+            self._log_image(trainer, f"samples/{name}", img, path)
+
+    def _real(self, trainer, n: int) -> torch.Tensor | None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "real_samples"):
+            return None
+        try:
+            return dm.real_samples(n, "train")
+        except ValueError:
+            return None
+
+    def _forward_strip(self, trainer, pl_module) -> np.ndarray | None:
+        x0 = self._real(trainer, self.forward_samples)
+        if x0 is None:
+            return None
+        process = pl_module.process
+        T, cols = process.num_timesteps, max(2, self.trajectory_frames)
+        ts = [round(i * (T - 1) / (cols - 1)) for i in range(cols)]
+        g = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn(x0.shape, generator=g)
+        x0, noise = x0.to(pl_module.device), noise.to(pl_module.device)
+        frames = [x0] + [
+            process.q_sample(x0, torch.full((len(x0),), t, device=x0.device), noise=noise)[0] for t in ts
+        ]
+        return visualize.strip(torch.stack(frames))
+
+    @staticmethod
+    def _log_image(trainer, key: str, image: np.ndarray, path: Path) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=key, images=[image], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC" if image.ndim == 3 else "HW")

@@ -1,0 +1,307 @@
+"""`DiffusionModule`: the LightningModule that owns the diffusion loss and sampling.
+
+It holds the research code only: the forward process (buffers), the parameterization, the loss
+and the sampling entry point. Everything else (EMA, sample grids, FID, checkpoints) lives in
+callbacks. Subclass it and override one method to change one thing:
+
+* `draw_timesteps(batch_size)`: how training timesteps are drawn (uniform by default);
+* `loss_per_sample(x0)`: the per-sample training loss;
+* `configure_optimizers()`: as in any LightningModule.
+
+Sub-components can be given as objects (plain-Python use) or as config dicts with a `_target_`
+(the Hydra path). Config dicts are stored in the checkpoint's hyperparameters, so
+`DiffusionModule.load_from_checkpoint(path)` alone rebuilds the network; a network given as an
+object must be passed again: `load_from_checkpoint(path, network=net)`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MeanMetric
+
+from ddpm_lightning.losses import check_loss_options, diffusion_loss
+from ddpm_lightning.parameterizations import Parameterization, get_parameterization
+from ddpm_lightning.process import DiffusionProcess, randn
+from ddpm_lightning.samplers import Sampler, get_sampler
+from ddpm_lightning.sampling import SampleOutput, sample
+
+NUM_QUARTILES = 4  # val/loss_q0..q3: loss by timestep quartile, as improved-diffusion logs it
+
+
+def _plain(x: Any) -> Any:
+    """DictConfig -> plain containers (checkpoint hyperparameters must not need OmegaConf)."""
+    return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) else x
+
+
+def _build(spec: Any, **kwargs: Any) -> Any:
+    """Instantiate a `_target_` config dict; return anything else unchanged."""
+    if isinstance(spec, Mapping) and "_target_" in spec:
+        return instantiate(dict(spec), **kwargs)
+    return spec
+
+
+class DiffusionModule(L.LightningModule):
+    """A denoising diffusion model: network + forward process + parameterization + loss.
+
+    Args:
+        network: an `nn.Module` with the contract network(x_t, t) -> output of x_t's shape, or
+            its config dict (`_target_` and arguments).
+        schedule: a `DiffusionProcess`, or its arguments as a dict
+            (`{"schedule": "cosine", "num_timesteps": 1000}`); default linear, T = 1000.
+        parameterization: "epsilon", "x0", "mu" or "v".
+        loss_type: "mse", "l1" or "huber".
+        loss_weighting: "none", "snr", "snr_plus_one" or "min_snr" (see `ddpm_lightning.losses`).
+        min_snr_gamma: gamma of min-SNR weighting (Hang et al. 2023 use 5).
+        sampler: the default sampler for `sample()` and validation pictures:
+            `{"name": "ddim", "num_steps": 50, "eta": 0.0, ...}` or a name.
+        optimizer: a partial optimizer (`functools.partial(torch.optim.AdamW, lr=2e-4)`) or its
+            config dict with `_partial_: true`; default AdamW(lr=2e-4), Ho et al. 2020.
+        lr_scheduler: a partial taking the optimizer (e.g. `ddpm_lightning.lr_schedules.warmup`),
+            or its config dict; stepped every optimizer step.
+        data_shape: the shape of one example, (C, H, W) or (D,); needed to sample without
+            data (taken from the datamodule at fit time when not given).
+        compile: `torch.compile` the network in place at fit time.
+        channels_last: keep images in channels-last memory format (faster convolutions on GPUs
+            with tensor cores).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | Mapping[str, Any],
+        schedule: DiffusionProcess | Mapping[str, Any] | None = None,
+        parameterization: str | Parameterization = "epsilon",
+        loss_type: str = "mse",
+        loss_weighting: str = "none",
+        min_snr_gamma: float = 5.0,
+        sampler: str | Mapping[str, Any] | None = None,
+        optimizer: Callable | Mapping[str, Any] | None = None,
+        lr_scheduler: Callable | Mapping[str, Any] | None = None,
+        data_shape: Sequence[int] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        network, schedule, sampler = _plain(network), _plain(schedule), _plain(sampler)
+        optimizer, lr_scheduler = _plain(optimizer), _plain(lr_scheduler)
+        check_loss_options(loss_type, loss_weighting, min_snr_gamma)
+
+        if isinstance(schedule, DiffusionProcess):
+            process = schedule
+        else:
+            process = DiffusionProcess(**(schedule or {"schedule": "linear", "num_timesteps": 1000}))
+        if isinstance(parameterization, Parameterization):
+            parameterization = parameterization.name
+        # Objects are not hyperparameters: store what rebuilds them (config dicts), or nothing.
+        hparams = {
+            "schedule": dict(process.config),
+            "parameterization": parameterization,
+            "loss_type": loss_type,
+            "loss_weighting": loss_weighting,
+            "min_snr_gamma": min_snr_gamma,
+            "sampler": sampler if sampler is not None else {"name": "ddpm"},
+            "data_shape": list(data_shape) if data_shape is not None else None,
+            "compile": compile,
+            "channels_last": channels_last,
+        }
+        for name, value in {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}.items():
+            if isinstance(value, Mapping):
+                hparams[name] = value
+        self.save_hyperparameters(hparams)
+
+        self.network: nn.Module = _build(network)
+        self.process = process
+        self.parameterization = get_parameterization(parameterization)
+        self._optimizer = optimizer
+        self._lr_scheduler = lr_scheduler
+        self.val_loss = MeanMetric()
+        self.val_loss_quartiles = nn.ModuleList(MeanMetric() for _ in range(NUM_QUARTILES))
+
+    # ---- the model -----------------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        return self.process.num_timesteps
+
+    @property
+    def data_shape(self) -> tuple[int, ...] | None:
+        shape = self.hparams.get("data_shape")
+        return tuple(shape) if shape is not None else None
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The raw network output for x_t at timesteps t (B,)."""
+        if self.hparams.channels_last and x_t.ndim == 4:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        return self.network(x_t, t)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.data_shape is None and dm is not None and hasattr(dm, "data_shape"):
+            self.hparams["data_shape"] = list(dm.data_shape)
+        if stage == "fit":
+            if self.hparams.channels_last:
+                self.network.to(memory_format=torch.channels_last)
+            if self.hparams.compile:
+                # in place, so parameter names (and checkpoints) are unchanged
+                self.network.compile()
+
+    # ---- training ------------------------------------------------------------------------
+    def draw_timesteps(self, batch_size: int) -> torch.Tensor:
+        """t ~ U{0, ..., T-1} (DDPM Algorithm 1, line 3). Override for importance sampling."""
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=self.device)
+
+    def loss_per_sample(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of each example (B,) and the timesteps it was computed at (B,)."""
+        if t is None:
+            t = self.draw_timesteps(x0.shape[0])
+        x_t, noise = self.process.q_sample(x0, t, noise=noise, generator=generator)
+        output = self(x_t, t)
+        target = self.parameterization.target(self.process, x0, noise, t, x_t)
+        loss = diffusion_loss(
+            self.process,
+            self.parameterization,
+            output,
+            target,
+            t,
+            loss_type=self.hparams.loss_type,
+            weighting=self.hparams.loss_weighting,
+            min_snr_gamma=self.hparams.min_snr_gamma,
+        )
+        return loss, t
+
+    @staticmethod
+    def _images(batch: Any) -> torch.Tensor:
+        # our datamodules yield tensors; (image, label) batches of other datasets also work
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, _ = self.loss_per_sample(self._images(batch))
+        loss = loss.mean()
+        # a device tensor: Lightning reduces it only every log_every_n_steps (no per-step sync)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x0 = self._images(batch)
+        # the same timesteps and noise for this batch at every validation: curves are comparable
+        g = torch.Generator().manual_seed(batch_idx)
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=g).to(self.device)
+        noise = randn(x0.shape, g, x0.device, x0.dtype)
+        loss, t = self.loss_per_sample(x0, t=t, noise=noise)
+        self.val_loss.update(loss)
+        quartile = t * NUM_QUARTILES // self.num_timesteps
+        for q, metric in enumerate(self.val_loss_quartiles):
+            # weight 0 for the other quartiles keeps shapes static (no boolean indexing sync)
+            metric.update(loss, weight=(quartile == q).to(loss.dtype))
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        for q, metric in enumerate(self.val_loss_quartiles):
+            self.log(f"val/loss_q{q}", metric)
+
+    # ---- sampling ------------------------------------------------------------------------
+    def make_sampler(self, sampler: str | Mapping[str, Any] | Sampler | None = None, **overrides: Any) -> tuple[Sampler, int | None]:
+        """A sampler and its number of steps from a name, a spec dict, or the default spec.
+
+        A spec is `{"name": ..., "num_steps": ..., **sampler options}`."""
+        if isinstance(sampler, Sampler):
+            return sampler, overrides.get("num_steps")
+        if isinstance(sampler, str):
+            spec: dict[str, Any] = {"name": sampler}
+        else:
+            spec = dict(_plain(sampler) if sampler is not None else self.hparams.sampler)
+        spec.update(overrides)
+        name = spec.pop("name", "ddpm")
+        num_steps = spec.pop("num_steps", None)
+        return get_sampler(name, self.process, **spec), num_steps
+
+    def sample(
+        self,
+        n: int | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+        sampler: str | Mapping[str, Any] | Sampler | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        strength: float = 1.0,
+        return_trajectory: bool = False,
+        progress: bool = False,
+    ) -> SampleOutput:
+        """Draw `n` samples (or one per row of `noise` / `image`) with the given sampler (default:
+        the module's), in eval mode and under inference mode. See `ddpm_lightning.sampling.sample`
+        for img2img (`image`, `strength`) and inpainting (`image`, `mask`)."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
+        shape = None
+        if noise is None and image is None:
+            if n is None:
+                raise ValueError("give n, a starting noise, or an image")
+            if self.data_shape is None:
+                raise ValueError("unknown data shape: pass data_shape= to DiffusionModule")
+            shape = (n, *self.data_shape)
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        spec_sampler, spec_steps = self.make_sampler(sampler)
+        was_training = self.training
+        self.eval()
+        try:
+            return sample(
+                self,
+                self.process,
+                self.parameterization,
+                spec_sampler,
+                shape,
+                num_steps=num_steps if num_steps is not None else spec_steps,
+                generator=generator,
+                noise=noise,
+                image=image,
+                mask=mask,
+                strength=strength,
+                return_trajectory=return_trajectory,
+                progress=progress,
+                device=self.device,
+            )
+        finally:
+            self.train(was_training)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """`Trainer.predict` over a loader of starting noises (see `noise_loader`): samples."""
+        return self.sample(noise=self._images(batch)).samples
+
+    # ---- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        make_opt = self._optimizer
+        if make_opt is None:
+            make_opt = functools.partial(torch.optim.AdamW, lr=2e-4)  # Ho et al. 2020, App. B
+        optimizer = _build(make_opt) if isinstance(make_opt, Mapping) else make_opt
+        optimizer = optimizer(self.parameters())
+        if not self._lr_scheduler:  # None, or an empty config (lr_scheduler=none)
+            return optimizer
+        make_sched = _build(self._lr_scheduler) if isinstance(self._lr_scheduler, Mapping) else self._lr_scheduler
+        scheduler = make_sched(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def noise_loader(n: int, data_shape: Sequence[int], batch_size: int = 256, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A loader of n fixed starting noises for `Trainer.predict(module, noise_loader(...))`.
+
+    Noise i is a function of (seed, i) only, so the samples do not depend on the batch size or
+    on how the loader is split across processes."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, *data_shape, generator=g)
+    return torch.utils.data.DataLoader(noise, batch_size=batch_size, shuffle=False)

@@ -1,0 +1,10 @@
+"""Denoising networks. The contract every network meets: `network(x_t, t) -> output`, with
+x_t of shape (B, *data_shape), t a (B,) long tensor of timesteps in [0, T), and the output of
+the same shape as x_t (whatever the parameterization predicts). Any `nn.Module` with that
+contract can be used through a Hydra `_target_`."""
+
+from ddpm_lightning.networks.build import check_network, fill_shape_keys
+from ddpm_lightning.networks.mlp import MLPDenoiser
+from ddpm_lightning.networks.unet import UNet
+
+__all__ = ["MLPDenoiser", "UNet", "check_network", "fill_shape_keys"]
