@@ -5,7 +5,7 @@ The public API, importable from the package root:
 
 * math (plain PyTorch): `DiffusionProcess`, `make_betas`, `get_parameterization`,
   `Prediction`, `diffusion_loss`, `get_sampler`, `DDPMSampler`, `DDIMSampler`, `sample`;
-* training: `DiffusionModule`, `EMA`, `SampleGrid`, and the datamodules of `ddpm_lightning.data`.
+* training: `DiffusionModule`, `EMA`, `SampleGrid`, `FID`, and the datamodules of `ddpm_lightning.data`.
 """
 
 from ddpm_lightning.losses import diffusion_loss
@@ -24,7 +24,7 @@ def __getattr__(name: str):
         from ddpm_lightning import module
 
         return getattr(module, name)
-    if name in ("EMA", "SampleGrid"):
+    if name in ("EMA", "FID", "SampleGrid"):
         from ddpm_lightning import callbacks
 
         return getattr(callbacks, name)
@@ -40,6 +40,7 @@ __all__ = [
     "DiffusionModule",
     "DiffusionProcess",
     "EMA",
+    "FID",
     "Prediction",
     "SampleGrid",
     "SampleOutput",

@@ -1,13 +1,18 @@
-"""Loggers that never prompt and never block: W&B goes offline when it has no credentials."""
+"""Loggers that never prompt and never block: W&B goes offline when it has no credentials; under
+a Hydra sweep (`-m`, Optuna) each job is its own W&B run, grouped by sweep."""
 
 from __future__ import annotations
 
 import netrc
 import os
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
 
 
 def wandb_has_credentials() -> bool:
@@ -38,3 +43,62 @@ def wandb_logger(offline: bool | None = None, **kwargs: Any) -> WandbLogger:
     if kwargs.get("save_dir"):
         Path(kwargs["save_dir"]).mkdir(parents=True, exist_ok=True)
     return WandbLogger(offline=offline, **kwargs)
+
+
+def sweep_run_names() -> dict[str, str]:
+    """W&B `group` and `name` for the current Hydra job when it is one job of a multirun, else {}.
+
+    The group is the sweep directory (its last two parts: `train/2026-11-22_05-00-00`, or your
+    `hydra.sweep.dir`), so a sweep's runs sit together. The name is the job's values of the swept
+    keys (`parameterization=x0,schedule=cosine`), else all its overrides
+    (`hydra.job.override_dirname`), else `job<N>`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {}
+    swept = _swept_keys(hc)
+    name = ",".join(sorted(o for o in hc.overrides.task if _override_key(o) in swept))
+    group = "/".join(Path(hc.sweep.dir).parts[-2:])
+    return {"group": group[-128:], "name": name or hc.job.override_dirname or f"job{hc.job.num}"}  # W&B: <= 128 chars
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _swept_keys(hc: Any) -> set[str]:
+    """Keys a sweep varies: its `hydra.sweeper.params` (Optuna, or the basic sweeper's) and the
+    sweep overrides of the command line (`schedule=linear,cosine`, `range(...)`, `choice(...)`)."""
+    keys = set((hc.sweeper.get("params") or {}).keys())
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+        keys |= {o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(args) if o.is_sweep_override()}
+    except Exception:  # an argv that is not Hydra's (a submitit worker): the sweeper's params only
+        pass
+    return keys
+
+
+def name_sweep_runs(logger_cfg: DictConfig | None) -> DictConfig | None:
+    """The logger configs with the W&B logger's null `group` and `name` set by `sweep_run_names`."""
+    wandb_cfg = logger_cfg.get("wandb") if logger_cfg else None
+    if wandb_cfg:
+        for key, value in sweep_run_names().items():
+            if wandb_cfg.get(key) is None:
+                wandb_cfg[key] = value
+    return logger_cfg
+
+
+@rank_zero_only
+def finish_runs(loggers: Iterable[Logger]) -> None:
+    """End the W&B run: in a sweep run in one process, the next job's `WandbLogger` would
+    otherwise log into this job's run."""
+    if "wandb" in sys.modules and any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()

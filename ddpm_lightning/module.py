@@ -17,6 +17,7 @@ object must be passed again: `load_from_checkpoint(path, network=net)`.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
+from ddpm_lightning.distributed import seed_rank
+from ddpm_lightning.errors import user_errors
 from ddpm_lightning.losses import check_loss_options, diffusion_loss
 from ddpm_lightning.parameterizations import Parameterization, get_parameterization
 from ddpm_lightning.process import DiffusionProcess, randn
@@ -44,7 +47,8 @@ def _plain(x: Any) -> Any:
 def _build(spec: Any, **kwargs: Any) -> Any:
     """Instantiate a `_target_` config dict; return anything else unchanged."""
     if isinstance(spec, Mapping) and "_target_" in spec:
-        return instantiate(dict(spec), **kwargs)
+        with user_errors():
+            return instantiate(dict(spec), **kwargs)
     return spec
 
 
@@ -152,6 +156,12 @@ class DiffusionModule(L.LightningModule):
                 self.network.compile()
 
     # ---- training ------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        # Every DDP rank was seeded alike (identical initial weights); from here each draws its
+        # own timesteps and noise, or the ranks would average W copies of one draw.
+        if self.trainer.world_size > 1:
+            seed_rank(self.trainer.global_rank, self.trainer.global_step)
+
     def draw_timesteps(self, batch_size: int) -> torch.Tensor:
         """t ~ U{0, ..., T-1} (DDPM Algorithm 1, line 3). Override for importance sampling."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=self.device)
@@ -213,16 +223,20 @@ class DiffusionModule(L.LightningModule):
     def make_sampler(self, sampler: str | Mapping[str, Any] | Sampler | None = None, **overrides: Any) -> tuple[Sampler, int | None]:
         """A sampler and its number of steps from a name, a spec dict, or the default spec.
 
-        A spec is `{"name": ..., "num_steps": ..., **sampler options}`."""
+        A spec is `{"name": ..., "num_steps": ..., **sampler options}`; a bare name takes the
+        options of its preset (conf/sampler/<name>.yaml, e.g. 50 steps for ddim).
+        `clip_denoised: null` means: clip x0_hat to [-1, 1] for images, not for other data."""
         if isinstance(sampler, Sampler):
             return sampler, overrides.get("num_steps")
         if isinstance(sampler, str):
-            spec: dict[str, Any] = {"name": sampler}
+            spec: dict[str, Any] = sampler_preset(sampler)
         else:
             spec = dict(_plain(sampler) if sampler is not None else self.hparams.sampler)
         spec.update(overrides)
         name = spec.pop("name", "ddpm")
         num_steps = spec.pop("num_steps", None)
+        if spec.get("clip_denoised", None) is None:
+            spec["clip_denoised"] = self.data_shape is not None and len(self.data_shape) == 3
         return get_sampler(name, self.process, **spec), num_steps
 
     def sample(
@@ -293,6 +307,15 @@ class DiffusionModule(L.LightningModule):
         make_sched = _build(self._lr_scheduler) if isinstance(self._lr_scheduler, Mapping) else self._lr_scheduler
         scheduler = make_sched(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def sampler_preset(name: str) -> dict[str, Any]:
+    """The options of sampler `name` from its preset (conf/sampler/<name>.yaml), or just the
+    name for a sampler without one."""
+    path = Path(__file__).resolve().parent / "conf" / "sampler" / f"{name}.yaml"
+    if not path.is_file():
+        return {"name": name}  # get_sampler names the valid choices if this one is unknown
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
 def noise_loader(n: int, data_shape: Sequence[int], batch_size: int = 256, seed: int = 0) -> torch.utils.data.DataLoader:

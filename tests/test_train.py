@@ -7,6 +7,7 @@ import glob
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import TINY
@@ -34,9 +35,11 @@ def _moments(x):
     return x.mean(0), torch.cov(x.T)
 
 
+@pytest.mark.slow  # ~40 s on an idle 2-core machine; .ci/run runs the slow tests too
 def test_short_toy2d_run_learns_the_data_distribution(make_cfg):
     cfg = make_cfg("experiment=toy2d", "trainer.max_steps=1500", "trainer.val_check_interval=1500",
                    "callbacks=ema", "trainer.enable_progress_bar=false")
+    L.seed_everything(0)
     datamodule, model, trainer = build(cfg)
     datamodule.setup("fit")
     data = datamodule.real_samples(4000, "train")
@@ -50,9 +53,10 @@ def test_short_toy2d_run_learns_the_data_distribution(make_cfg):
     untrained = error(model)
     trainer.fit(model, datamodule=datamodule)
     trained = error(model)
-    # moons scaled to unit overall std: mean within 0.05, covariance entries within 0.08
-    # (measured: 0.009 and 0.037 after 1500 steps with EMA)
-    assert trained[0] < 0.05 and trained[1] < 0.08, trained
+    # moons scaled to unit overall std (variances ~0.75 and ~0.25): mean within 0.05 and
+    # covariance entries within 0.15 (measured over seeds: 0.009-0.019 and 0.037-0.096);
+    # an untrained model is off by orders of magnitude
+    assert trained[0] < 0.05 and trained[1] < 0.15, trained
     assert untrained[0] > 0.1 or untrained[1] > 0.1, untrained
 
 
@@ -87,6 +91,9 @@ def read_wandb_records(path):
 def test_wandb_offline_run_holds_the_grid_and_loss_history(make_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
+    import wandb
+
+    wandb.finish()  # no run left open by an earlier test in this process
     cfg = make_cfg("logger=wandb", *TINY)
     metrics = train(cfg)
     assert "train/loss" in metrics

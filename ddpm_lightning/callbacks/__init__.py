@@ -1,6 +1,7 @@
 """Callbacks: everything that is not the research code (EMA, pictures, metrics)."""
 
 from ddpm_lightning.callbacks.ema import EMA
+from ddpm_lightning.callbacks.fid import FID
 from ddpm_lightning.callbacks.sample_grid import SampleGrid
 
-__all__ = ["EMA", "SampleGrid"]
+__all__ = ["EMA", "FID", "SampleGrid"]

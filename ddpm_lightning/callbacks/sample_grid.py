@@ -13,6 +13,7 @@ each rank samples its share of the fixed noise and rank 0 writes the gathered gr
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ class SampleGrid(Callback):
         self.forward_samples = forward_samples
         self.out_dir = Path(out_dir) if out_dir else None
         self._last_step: int | None = None
+        self._last_paths: dict[str, Path] = {}
         self._forward_done = False
 
     # ---- hooks ---------------------------------------------------------------------------
@@ -81,7 +83,13 @@ class SampleGrid(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after on_train_end, when the EMA weights have been copied into the model
-        if not trainer.fast_dev_run:
+        if trainer.fast_dev_run:
+            return
+        if self._last_step == trainer.global_step:
+            # the last validation already drew these very weights (every rank takes this branch:
+            # draw() would all_gather, so the ranks must agree on it)
+            self._copy_as_final()
+        else:
             self.draw(trainer, pl_module, tag="final")
 
     def state_dict(self) -> dict[str, Any]:
@@ -134,7 +142,14 @@ class SampleGrid(Callback):
         for name, img in images.items():
             path = visualize.save_png(img, self.out_dir / f"{name}_{tag}.png")
             visualize.save_png(img, self.out_dir / f"{name}_latest.png")
+            self._last_paths[name] = path
             self._log_image(trainer, f"samples/{name}", img, path)
+
+    @rank_zero_only
+    def _copy_as_final(self) -> None:
+        for name, path in self._last_paths.items():
+            if name != "forward":
+                shutil.copyfile(path, self.out_dir / f"{name}_final.png")
 
     def _real(self, trainer, n: int) -> torch.Tensor | None:
         dm = trainer.datamodule

@@ -24,7 +24,10 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_embed_dim: int = 64) -> None:
         super().__init__()
         if dim is None or dim < 1:
-            raise ValueError(f"MLPDenoiser needs the data dimension dim >= 1, got {dim!r}")
+            raise ValueError(
+                f"the MLP denoiser takes vectors (D,), but got dim={dim!r} (image data?): "
+                "use a UNet (network=unet_small) for images"
+            )
         self.dim, self.time_embed_dim = dim, time_embed_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(dim, hidden)
