@@ -123,6 +123,7 @@ def _tiny_module() -> DiffusionModule:
     return DiffusionModule(FlatMLP(64), schedule={"schedule": "cosine", "num_timesteps": 100}, data_shape=(1, 8, 8))
 
 
+@pytest.mark.slow  # ~35 s on an idle 2-core machine
 def test_trained_model_has_lower_bpd_than_untrained():
     from ddpm_lightning.data import DigitsDataModule
 
