@@ -4,7 +4,10 @@ Lightning's callback does the hard parts: validation runs with the averaged weig
 checkpoints store the averaged weights as `state_dict` (so `load_from_checkpoint` gives the EMA
 model) and the live weights beside them (so resuming continues both), and the averaged weights
 are copied into the model when training ends. We add the decay warm-up diffusion training needs
-and a fused update.
+and our own update step: torch's `AveragedModel.update_parameters` tests its device-side counter
+(`if self.n_averaged == 0`) twice per call, which on a GPU is two host-device syncs per training
+step (benchmarks/sync_audit.py found them). Ours keeps the count in Python and updates all
+parameters with one fused `lerp`.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ class EMA(WeightAveraging):
             raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}")
         if update_every_n_steps < 1:
             raise ValueError(f"update_every_n_steps must be >= 1, got {update_every_n_steps!r}")
-        # use_buffers=False: only parameters are averaged; our buffers (the schedule) are constants
-        super().__init__(use_buffers=False, multi_avg_fn=self._lerp)
+        # use_buffers=False: only parameters are averaged; buffers are copied (the schedule's are
+        # constants; a network's running statistics follow the live model, as in AveragedModel)
+        super().__init__(use_buffers=False)
         self.decay = decay
         self.warmup = warmup
         self.update_every_n_steps = update_every_n_steps
@@ -59,9 +63,27 @@ class EMA(WeightAveraging):
         self._num_updates += 1
         return True
 
-    def _lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
-        # avg <- decay * avg + (1 - decay) * current, for all tensors of one dtype/device at once
-        torch._foreach_lerp_(averaged, current, 1.0 - self._current_decay)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Lightning's hook with our update in place of AveragedModel.update_parameters
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            self.update(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    @torch.no_grad()
+    def update(self, pl_module: torch.nn.Module) -> None:
+        """avg <- decay * avg + (1 - decay) * current (the first update copies), with no host read
+        of a device tensor. `should_update` has counted this update and set its decay."""
+        average = self._average_model
+        averaged = [p.detach() for p in average.module.parameters()]
+        current = [p.detach() for p in pl_module.parameters()]
+        if self._num_updates == 1:
+            torch._foreach_copy_(averaged, current)
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 - self._current_decay)
+        buffers = [b.detach() for b in average.module.buffers()]
+        if buffers:
+            torch._foreach_copy_(buffers, [b.detach() for b in pl_module.buffers()])
+        average.n_averaged.add_(1)  # kept for AveragedModel's own state; in place, no sync
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "num_updates": self._num_updates}
