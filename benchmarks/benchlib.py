@@ -64,6 +64,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="32-true", choices=PRECISIONS)
     p.add_argument("--repeats", type=int, default=None, help="alternating repeats of each side (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
+    p.add_argument("--host-malloc", default="retain", choices=["retain", "system"],
+                   help="glibc malloc policy for this process, as train.py's host_malloc (default retain, as train.py)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (CI); timings meaningless")
     p.add_argument("--json", type=Path, default=None, help="write the rows and the environment as JSON here")
     p.add_argument("--markdown", type=Path, default=None, help="write the table as markdown here")
@@ -86,6 +88,9 @@ def finish_args(args: argparse.Namespace, **defaults: Any) -> argparse.Namespace
         args.threads = 1  # a busy CI machine makes multi-threaded tiny ops crawl (OpenMP spin-waits)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ddpm_lightning.host_malloc import set_host_malloc
+
+    set_host_malloc(args.host_malloc)  # what `python train.py` does first (host_malloc=retain)
     return args
 
 
@@ -438,7 +443,7 @@ def report(rows: Sequence[Row], args: argparse.Namespace, title: str) -> None:
     load = env["loadavg_1_5_15"]
     header = (
         f"## {title}\n\n{env['date_utc']}; {env['device']} ({env['cpu']}, {env['cpu_count']} cores, "
-        f"{env['torch_threads']} torch threads); load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; "
+        f"{env['torch_threads']} torch threads, host_malloc={getattr(args, 'host_malloc', '?')}); load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; "
         f"torch {env['torch']}, lightning {env['lightning']}, diffusers {env['diffusers']}"
         + (" (--smoke: timings meaningless)" if args.smoke else "")
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 import gpu_fast_paths
+import host_malloc
 import memory
 import sampling_speed
 import sync_audit
@@ -32,10 +33,11 @@ SCRIPTS = {
     "sampling_speed": sampling_speed,
     "sync_audit": sync_audit,
     "gpu_fast_paths": gpu_fast_paths,
+    "host_malloc": host_malloc,
 }
 DEFAULT_RUN = Row(
     "default run",
-    "`python train.py` (digits, unet_small, 3000 steps, EMA, validation and grids every 500), 2 CPU cores",
+    "`python train.py` (digits, unet_small, 2000 steps x batch 64, EMA, validation and grids every 500), 2 CPU cores",
     None, None, "s", note="timed separately: `/usr/bin/time -v python train.py logger=none`; see RESULTS.md",
 )
 
@@ -47,7 +49,7 @@ def main(argv=None) -> list[Row]:
     finish_args(args)
     quiet()
     common = ["--device", args.device, "--network", args.network, "--data", args.data,
-              "--precision", args.precision, "--repeats", str(args.repeats)]
+              "--precision", args.precision, "--repeats", str(args.repeats), "--host-malloc", args.host_malloc]
     if args.threads:
         common += ["--threads", str(args.threads)]
     if args.smoke:

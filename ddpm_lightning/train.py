@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning import distributed
 from ddpm_lightning.errors import user_errors
+from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.loggers import finish_runs, name_sweep_runs
 from ddpm_lightning.networks import check_network, fill_shape_keys
 
@@ -85,6 +86,8 @@ def scaled_optimizer(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally test) a model; return the final metrics as floats."""
+    # before the data and the model exist, so that their memory follows the policy too
+    set_host_malloc(cfg.get("host_malloc", "system"))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path {ckpt_path!r} does not exist")

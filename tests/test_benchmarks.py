@@ -18,6 +18,7 @@ EXPECTED = {
     "sampling",
     "sampler cost",
     "host-device sync",
+    "host malloc",
     "GPU fast path",
     "MFU",
     "goal",

@@ -215,3 +215,7 @@ def test_unknown_group_option_names_the_choices(tmp_path):
     with pytest.raises(MissingConfigException) as err:
         compose_train(["schedule=cosinus"], tmp_path)
     assert "cosine" in str(err.value) and "linear" in str(err.value)
+
+
+def test_unknown_host_malloc_policy(make_cfg):
+    _fails_before_training(make_cfg("host_malloc=jemalloc"), "host_malloc must be one of retain, system", ValueError)

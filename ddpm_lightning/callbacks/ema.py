@@ -47,6 +47,7 @@ class EMA(WeightAveraging):
         self.start_step = start_step
         self._num_updates = 0
         self._current_decay = 0.0
+        self._pairs = None
 
     def decay_at(self, num_updates: int) -> float:
         if not self.warmup:
@@ -69,21 +70,33 @@ class EMA(WeightAveraging):
             self.update(pl_module)
             self._latest_update_step = trainer.global_step
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # a new AveragedModel at each fit
+        self._pairs = None
+
+    def _tensor_pairs(self, pl_module: torch.nn.Module) -> tuple[list[torch.Tensor], ...]:
+        """(averaged params, live params, averaged buffers, live buffers), listed once per fit:
+        walking a UNet's module tree each step costs about as much as the update itself. The
+        lists hold the Parameter objects, not `.data` views, so they stay valid if a tensor's
+        storage is replaced (`module.to(device)` does that)."""
+        if self._pairs is None or self._pairs[0] is not pl_module:
+            module = self._average_model.module
+            self._pairs = (pl_module, list(module.parameters()), list(pl_module.parameters()),
+                           list(module.buffers()), list(pl_module.buffers()))
+        return self._pairs[1:]
+
     @torch.no_grad()
     def update(self, pl_module: torch.nn.Module) -> None:
         """avg <- decay * avg + (1 - decay) * current (the first update copies), with no host read
         of a device tensor. `should_update` has counted this update and set its decay."""
-        average = self._average_model
-        averaged = [p.detach() for p in average.module.parameters()]
-        current = [p.detach() for p in pl_module.parameters()]
+        averaged, current, averaged_buffers, buffers = self._tensor_pairs(pl_module)
         if self._num_updates == 1:
             torch._foreach_copy_(averaged, current)
         else:
             torch._foreach_lerp_(averaged, current, 1.0 - self._current_decay)
-        buffers = [b.detach() for b in average.module.buffers()]
         if buffers:
-            torch._foreach_copy_(buffers, [b.detach() for b in pl_module.buffers()])
-        average.n_averaged.add_(1)  # kept for AveragedModel's own state; in place, no sync
+            torch._foreach_copy_(averaged_buffers, buffers)
+        self._average_model.n_averaged.add_(1)  # AveragedModel's own count; in place, no sync
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "num_updates": self._num_updates}

@@ -1,0 +1,127 @@
+"""CPU training with glibc's default malloc policy against `host_malloc=retain` (train.py's default).
+
+    python benchmarks/host_malloc.py                   # unet_small, digits, batch 128, CPU
+    python benchmarks/host_malloc.py --threads 1       # steadier on a shared machine
+    python benchmarks/host_malloc.py --smoke
+
+The policy is process-wide and must be set before the large allocations, so each run is a fresh
+process (`--child`): the train.py path (composed config, Lightning Trainer, EMA off, no
+validation, logger or progress bar) for `--warmup` + `--steps` steps; it reports images/s by
+the wall clock and by CPU time, minor page faults per step (memory the kernel had to map and
+zero-fill again) and peak RSS. The parent alternates the two policies `--repeats` times
+(system, retain, retain, system, ...) and reports the medians and the ratio.
+See ddpm_lightning/host_malloc.py for the mechanism.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchlib import (
+    Measured,
+    Row,
+    alternate,
+    base_parser,
+    build_run,
+    compose,
+    finish_args,
+    mark,
+    median,
+    peak_rss_mib,
+    quiet,
+    report,
+    spread,
+    train_overrides,
+)
+from lightning.pytorch.callbacks import Callback
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+class FaultWindow(Callback):
+    """Time and minor page faults of optimizer steps (warmup, total]."""
+
+    def __init__(self, warmup: int, total: int, device: str) -> None:
+        self.warmup, self.total, self.device = warmup, total, device
+        self.marks: dict[int, tuple[tuple[float, float], int]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step in (self.warmup, self.total):
+            self.marks[trainer.global_step] = (mark(self.device), minor_faults())
+
+
+def child(args) -> dict:
+    """One run of the train.py path under this process's policy (set by finish_args)."""
+    total = args.warmup + args.steps
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose(train_overrides(args, batch_size=args.batch_size, max_steps=total), Path(out))
+        datamodule, model, trainer = build_run(cfg)
+        window = FaultWindow(args.warmup, total, args.device)
+        trainer.callbacks.append(window)
+        trainer.fit(model, datamodule=datamodule)
+    (start, f0), (stop, f1) = window.marks[args.warmup], window.marks[total]
+    ips = Measured.rate(args.batch_size * args.steps, start, stop)
+    return {"wall": float(ips), "cpu": ips.cpu, "faults_per_step": (f1 - f0) / args.steps, "peak_rss_mib": peak_rss_mib()}
+
+
+def run_child(args, policy: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--host-malloc", policy, "--device", args.device,
+           "--network", args.network, "--data", args.data, "--precision", args.precision,
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.smoke:
+        cmd.append("--smoke")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run(args) -> list[Row]:
+    res = alternate({p: lambda p=p: run_child(args, p) for p in ("retain", "system")}, args.repeats)
+    ours = [Measured(r["wall"], r["cpu"]) for r in res["retain"]]
+    theirs = [Measured(r["wall"], r["cpu"]) for r in res["system"]]
+    faults = {p: median([r["faults_per_step"] for r in rs]) for p, rs in res.items()}
+    rss = {p: median([r["peak_rss_mib"] or 0.0 for r in rs]) for p, rs in res.items()}
+    case = (f"train.py path, host_malloc=retain vs system (glibc default): {args.network}, batch {args.batch_size}, "
+            f"{args.precision}, {args.device}")
+    return [Row("host malloc", case, median(ours), median(theirs), "images/s", median(ours) / median(theirs), "",
+                note=f"minor page faults per step {faults['retain']:.0f} vs {faults['system']:.0f}; peak RSS "
+                     f"{rss['retain']:.0f} vs {rss['system']:.0f} MiB; a fresh process per run, {args.steps} steps after "
+                     f"{args.warmup} warm-up; " + spread(ours, theirs))]
+
+
+def add_args(p) -> None:
+    p.add_argument("--batch-size", type=int, default=None, help="default 128; smoke 8")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (>= 1)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+
+
+def defaults(args) -> None:
+    finish_args(args, batch_size=(128, 8), steps=(15, 2), warmup=(5, 1))
+
+
+def main(argv=None) -> list[Row]:
+    p = base_parser(__doc__)
+    add_args(p)
+    args = p.parse_args(argv)
+    defaults(args)
+    quiet()
+    if args.child:
+        print(json.dumps(child(args)))
+        return []
+    rows = run(args)
+    report(rows, args, "CPU training: glibc malloc policy")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
