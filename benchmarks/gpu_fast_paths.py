@@ -75,7 +75,7 @@ def training_rows(args) -> tuple[list[Row], float | None]:
         run_args = _with(args, precision=precision)
         try:
             values = [lightning_images_per_s(run_args, ema=True, extra=trial) for _ in range(args.repeats)]
-        except RuntimeError as err:  # e.g. Lightning refuses fused optimizers with gradient clipping
+        except RuntimeError as err:  # a switch this machine or Lightning refuses (e.g. fused + clipping in 16-mixed)
             rows.append(Row("GPU fast path", f"train: {label}", None, base, "images/s",
                             note=f"refused, left off the next rows: {str(err).splitlines()[0][:160]}"))
             continue

@@ -24,6 +24,8 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
@@ -307,6 +309,19 @@ class DiffusionModule(L.LightningModule):
         make_sched = _build(self._lr_scheduler) if isinstance(self._lr_scheduler, Mapping) else self._lr_scheduler
         scheduler = make_sched(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales inside
+        # step() (fused AdamW): under fp16 loss scaling the gradients here are still scaled. bf16
+        # (and fp32) has no loss scaler, so they are the true gradients: clip them as Lightning's
+        # base plugin does. That lets `optimizer.fused=true` keep Ho et al.'s clipping at 1.0.
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and getattr(plugin, "scaler", None) is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def sampler_preset(name: str) -> dict[str, Any]:
