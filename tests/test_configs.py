@@ -120,3 +120,21 @@ def test_experiment_options_compose_and_build(make_cfg, option):
 @pytest.mark.parametrize("option", options("debug"))
 def test_debug_options_compose(make_cfg, option):
     assert make_cfg(f"debug={option}").trainer
+
+
+@pytest.mark.parametrize("override", ["compile=true", "model.compile=true"])
+def test_compile_switch_reaches_the_module(make_cfg, override):
+    assert make_cfg().model.compile is False
+    _, model, _ = build(make_cfg(override))
+    assert model.hparams.compile is True
+
+
+def test_fast_path_switches_compose_and_build(make_cfg):
+    cfg = make_cfg("trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=bf16-mixed", "model.channels_last=true",
+                   "optimizer.fused=true", "data.pin_memory=true", "host_malloc=system")
+    assert cfg.trainer.benchmark is True
+    _, model, _ = build(cfg)
+    assert model.hparams.channels_last is True
+    optimizers = model.configure_optimizers()
+    optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+    assert optimizer.defaults["fused"] is True
