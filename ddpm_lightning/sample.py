@@ -20,6 +20,8 @@ plot for 2-D data). Options (key=value):
     strength    img2img strength in (0, 1] (1.0)
     mask        inpainting mask image: white = generate, black = keep (diffusers' convention)
     progress    show a progress bar (true)
+    host_malloc retain (default) or system: glibc's policy for freed host memory, as train.py's
+                (retain: CPU sampling steps do not fault their memory back in)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.visualize import image_grid, save_png, scatter, to_uint8
 
 DEFAULTS: dict[str, Any] = {
@@ -53,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "strength": 1.0,
     "mask": None,
     "progress": True,
+    "host_malloc": "retain",
 }
 
 
@@ -177,6 +181,7 @@ def save(samples: torch.Tensor, out: str | Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    set_host_malloc(args["host_malloc"])
     module = load_module(args["ckpt"], args["device"])
     samples = generate(module, args)
     paths = save(samples, args["out"])

@@ -134,6 +134,7 @@ def test_bad_inputs(npz, tmp_path, ckpt):
         ([f"samples={a}", f"ref={b}", "colour=red"], ValueError, r"unknown option\(s\) \['colour'\]"),
         (["metric=bpd", f"samples={a}"], ValueError, "needs ckpt=PATH"),
         ([f"samples={a}", f"ref={b}", "n=0"], ValueError, "n must be an integer >= 1"),
+        ([f"samples={a}", f"ref={b}", "host_malloc=tcmalloc"], ValueError, "host_malloc must be one of retain, system"),
     ]
     (tmp_path / "text.npz").write_text("not an npz")
     cases.append(([f"samples={tmp_path / 'text.npz'}", f"ref={b}"], ValueError, "cannot read samples file"))

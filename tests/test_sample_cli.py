@@ -89,6 +89,7 @@ def test_trainer_predict_samples_from_noise(digits_ckpt):
         (["n=-3"], "n must be a positive integer"),
         (["ckpt=/nonexistent/last.ckpt"], "does not exist"),
         (["bogus=1"], "unknown option"),
+        (["host_malloc=tcmalloc"], "host_malloc must be one of retain, system"),
     ],
 )
 def test_bad_sample_arguments_exit_with_one_clear_line(digits_ckpt, tmp_path, args, message):
