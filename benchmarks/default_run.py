@@ -1,0 +1,65 @@
+"""Wall time of the default run, `python train.py`, as the README's quickstart runs it.
+
+    python benchmarks/default_run.py                 # the real thing: ~9 min on 2 CPU cores
+    python benchmarks/default_run.py --smoke         # CI: 4 steps of a tiny UNet
+
+Runs `python train.py logger=none` in a fresh process (W&B is the one thing left out: its
+offline writer is not part of training) and reports the wall time against the 10-minute budget
+the README promises, the time from start to the last sample grid, and the child's peak RSS.
+The machine should be otherwise idle: nothing runs beside it to compare against.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import Row, base_parser, finish_args, quiet, report
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_S = 600.0  # "under 10 minutes on the CPU" (README, Quickstart)
+SMOKE = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=8", "trainer.limit_val_batches=1",
+         "callbacks.sample_grid.every_n_steps=2", "callbacks.sample_grid.num_samples=4", "sampler.num_steps=2",
+         "callbacks.sample_grid.trajectory_samples=0", "callbacks.sample_grid.forward_samples=0",
+         "network.block_out_channels=[16,16,32]", "network.attention_head_dim=8", "network.norm_num_groups=8"]
+
+
+def run(args) -> list[Row]:
+    with tempfile.TemporaryDirectory() as out:
+        accelerator = "gpu" if args.device == "cuda" else "cpu"
+        overrides = ["logger=none", f"hydra.run.dir={out}", f"host_malloc={args.host_malloc}",
+                     f"trainer.accelerator={accelerator}", *(SMOKE if args.smoke else [])]
+        env = {**os.environ, "WANDB_MODE": "offline"}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        start_wall = time.time()
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=out, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - start
+        grids = sorted(Path(out, "samples").glob("samples_step_*.png"))
+        last = f"{grids[-1].stat().st_mtime - start_wall:.0f} s to the last grid ({grids[-1].stem})" if grids else "no grid"
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    what = "4 steps, tiny UNet (--smoke)" if args.smoke else "digits, unet_small, 2,000 steps x batch 64, EMA, validation and grids every 500"
+    where = "one GPU" if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
+    return [Row("default run", f"`python train.py logger=none` ({what}), {where}", wall, BUDGET_S, "s",
+                wall / BUDGET_S, "<= 1.00", note=f"{last}; peak RSS of the run {peak:.0f} MiB; ratio = wall / 10 min")]
+
+
+def main(argv=None) -> list[Row]:
+    p = base_parser(__doc__)
+    args = p.parse_args(argv)
+    finish_args(args)
+    quiet()
+    rows = run(args)
+    report(rows, args, "The default run")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
