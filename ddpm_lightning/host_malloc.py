@@ -19,7 +19,6 @@ It changes nothing on a GPU's memory, and little on GPU runs, whose host allocat
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -35,12 +34,11 @@ TOP_PAD = 1 << 30  # grow the heap 1 GiB at a time: address space only, pages co
 
 
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The C library this process runs on, if it is glibc (not musl, not macOS's)."""
     try:
-        libc = ctypes.CDLL(name)
-        libc.gnu_get_libc_version  # present in glibc only (not musl, not macOS)
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process, libc's among them
+        libc.gnu_get_libc_version  # glibc only
+        libc.mallopt
     except (OSError, AttributeError):
         return None
     return libc
