@@ -57,7 +57,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
@@ -71,17 +70,16 @@ from ddpm_lightning.callbacks.fid import (
     fixed_noise,
     real_stats_key,
 )
+from ddpm_lightning.evaluation_inputs import check_same_shape, get_datamodule, load_array_file
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.metrics import (
     FeatureStats,
     RealStatsCache,
     check_feature_available,
     check_sample_size,
-    load_reference_images,
     make_feature_extractor,
 )
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 METRICS = ("fid", "kid", "bpd", "nll")
 DEFAULT_N = 10000  # FID-10k when generating from a checkpoint
 
@@ -172,100 +170,6 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     if args["cache_dir"] == "default":
         args["cache_dir"] = default_cache_dir()
     return args
-
-
-# ---- inputs ---------------------------------------------------------------------------------
-def load_array_file(path: str | Path, what: str) -> torch.Tensor | FeatureStats:
-    """An .npz of samples or reference data: uint8 images (N, C, H, W) (from arr_0 N x H x W x C),
-    float points (N, 2), or, for a reference, stored `mu`/`sigma` statistics."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            files = set(data.files)
-            arr = data["arr_0"] if "arr_0" in files else None
-    except (OSError, EOFError, ValueError, AttributeError) as err:
-        # not a zip / npy, a pickle, a truncated file: numpy's reason, on one line
-        raise ValueError(f"cannot read {what} file {str(path)!r} as .npz: {err}") from None
-    if arr is None:
-        if what == "reference" and {"mu", "sigma"} <= files:
-            return FeatureStats.load(path)
-        raise ValueError(f"{what} file {str(path)!r} has no arr_0 array (keys: {sorted(files)})")
-    expected = "uint8 images (N, H, W, C) with C in (1, 3), or float points (N, 2)"
-    if arr.ndim == 2 and arr.shape[1] == 2 and np.issubdtype(arr.dtype, np.floating):
-        return torch.from_numpy(arr.astype(np.float32))  # (N, 2)
-    if arr.ndim == 4 and arr.dtype == np.uint8 and arr.shape[-1] in (1, 3):
-        return load_reference_images(path)  # (N, C, H, W) uint8
-    raise ValueError(f"{what} file {str(path)!r}: arr_0 must hold {expected}; got dtype {arr.dtype}, shape {arr.shape}")
-
-
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return f"images {shape} (C, H, W)" if len(shape) == 3 else f"points {shape}"
-
-
-def check_same_shape(samples_shape: tuple[int, ...], ref_shape: tuple[int, ...], ref_name: str) -> None:
-    if tuple(samples_shape) != tuple(ref_shape):
-        raise ValueError(
-            f"the samples are {_shape_text(tuple(samples_shape))} but {ref_name} has {_shape_text(tuple(ref_shape))}: "
-            "FID compares data of one size; resize one set, or pick the matching reference"
-        )
-
-
-def find_run_config(ckpt: str | Path) -> Path | None:
-    """The Hydra config of the run that wrote a checkpoint (<output_dir>/checkpoints/x.ckpt)."""
-    ckpt = Path(ckpt).resolve()
-    for folder in (ckpt.parent.parent, ckpt.parent):
-        path = folder / ".hydra" / "config.yaml"
-        if path.is_file():
-            return path
-    return None
-
-
-def compose_datamodule(name: str, overrides: dict[str, Any] | None = None, data_dir: str | None = None):
-    """A datamodule from `conf/data/<name>.yaml`, its `${paths...}` resolved by the paths config."""
-    from hydra.utils import instantiate
-
-    path = CONF_DIR / "data" / f"{name}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
-        raise ValueError(f"unknown data={name!r}; choose one of {choices}")
-    paths = OmegaConf.load(CONF_DIR / "paths" / "default.yaml")
-    if data_dir is not None:
-        paths.data_dir = data_dir
-    cfg = OmegaConf.create({"paths": paths, "data": OmegaConf.merge(OmegaConf.load(path), overrides or {})})
-    return instantiate(cfg.data)
-
-
-def run_datamodule(ckpt: str | Path, overrides: dict[str, Any] | None = None, data_dir: str | None = None):
-    """The datamodule of the run that wrote `ckpt`, or None if its config is not beside it."""
-    from hydra.utils import instantiate
-
-    path = find_run_config(ckpt)
-    if path is None:
-        return None
-    run = OmegaConf.load(path)
-    if "data" not in run:
-        return None
-    paths = run.get("paths") or OmegaConf.load(CONF_DIR / "paths" / "default.yaml")
-    if data_dir is not None:
-        paths.data_dir = data_dir
-    cfg = OmegaConf.create({"paths": paths, "data": OmegaConf.merge(run.data, overrides or {})})
-    return instantiate(cfg.data)
-
-
-def get_datamodule(args: dict[str, Any], required_for: str):
-    if args["data"]:
-        return compose_datamodule(args["data"], args["data_overrides"], args["data_dir"])
-    if args["ckpt"]:
-        dm = run_datamodule(args["ckpt"], args["data_overrides"], args["data_dir"])
-        if dm is not None:
-            return dm
-    raise ValueError(
-        f"{required_for} needs reference data: give data=NAME (e.g. data=digits)"
-        + (" or ref=FILE.npz" if required_for != "bits/dim" else "")
-        + ("; no run config (.hydra/config.yaml) was found beside the checkpoint" if args["ckpt"] else "")
-    )
 
 
 def check_count(n: int, dim: int, what: str, policy: str) -> None:
