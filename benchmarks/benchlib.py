@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import statistics
 import time
 import warnings
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 import ddpm_lightning
+from ddpm_lightning.host_malloc import set_host_malloc
 
 CONF_DIR = Path(ddpm_lightning.__file__).resolve().parent / "conf"
 
@@ -88,8 +90,6 @@ def finish_args(args: argparse.Namespace, **defaults: Any) -> argparse.Namespace
         args.threads = 1  # a busy CI machine makes multi-threaded tiny ops crawl (OpenMP spin-waits)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ddpm_lightning.host_malloc import set_host_malloc
-
     set_host_malloc(args.host_malloc)  # what `python train.py` does first (host_malloc=retain)
     return args
 
@@ -297,6 +297,11 @@ def rss_mib() -> float | None:
     return kib / 1024 if kib is not None else None
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far: memory the kernel mapped (and zero-filled)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def peak_rss_mib() -> float | None:
     kib = _status_kib("VmHWM")
     return kib / 1024 if kib is not None else None
@@ -455,6 +460,30 @@ def report(rows: Sequence[Row], args: argparse.Namespace, title: str) -> None:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(f"{header}\n\n{table}\n")
+
+
+def script_main(
+    description: str,
+    title: str,
+    run: Callable[[argparse.Namespace], Sequence[Row] | None],
+    argv: Sequence[str] | None,
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    defaults: Callable[[argparse.Namespace], Any] = finish_args,
+) -> list[Row]:
+    """A benchmark script's `main`: the shared options and the script's own, their defaults,
+    the rows of `run(args)` printed (and written) as a table titled `title`. `run` returns None
+    when it has nothing to report (a child process that prints its own result)."""
+    p = base_parser(description)
+    if add_args is not None:
+        add_args(p)
+    args = p.parse_args(argv)
+    defaults(args)
+    quiet()
+    rows = run(args)
+    if rows is None:
+        return []
+    report(rows, args, title)
+    return list(rows)
 
 
 def _plain_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import Row, base_parser, finish_args, quiet, report
+from benchlib import Row, script_main
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 600.0  # "under 10 minutes on the CPU" (README, Quickstart)
@@ -52,13 +52,7 @@ def run(args) -> list[Row]:
 
 
 def main(argv=None) -> list[Row]:
-    p = base_parser(__doc__)
-    args = p.parse_args(argv)
-    finish_args(args)
-    quiet()
-    rows = run(args)
-    report(rows, args, "The default run")
-    return rows
+    return script_main(__doc__, "The default run", run, argv)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,13 @@ from pathlib import Path
 import torch
 from benchlib import (
     Row,
-    base_parser,
     build_run,
     compose,
     finish_args,
     median,
     merge_overrides,
     peak_tflops,
-    quiet,
-    report,
+    script_main,
     sync,
     train_overrides,
     train_step_flops,
@@ -176,14 +174,7 @@ def defaults(args) -> None:
 
 
 def main(argv=None) -> list[Row]:
-    p = base_parser(__doc__)
-    add_args(p)
-    args = p.parse_args(argv)
-    defaults(args)
-    quiet()
-    rows = run(args)
-    report(rows, args, "GPU fast paths, MFU and the throughput goal")
-    return rows
+    return script_main(__doc__, "GPU fast paths, MFU and the throughput goal", run, argv, add_args, defaults)
 
 
 if __name__ == "__main__":

@@ -19,60 +19,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 from benchlib import (
     Measured,
     Row,
     alternate,
-    base_parser,
-    build_run,
-    compose,
     finish_args,
     mark,
     median,
+    minor_faults,
     peak_rss_mib,
-    quiet,
-    report,
+    script_main,
     spread,
-    train_overrides,
 )
-from lightning.pytorch.callbacks import Callback
 from sampling_speed import build_model, sampler_spec
-
-
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-class FaultWindow(Callback):
-    """Time and minor page faults of optimizer steps (warmup, total]."""
-
-    def __init__(self, warmup: int, total: int, device: str) -> None:
-        self.warmup, self.total, self.device = warmup, total, device
-        self.marks: dict[int, tuple[tuple[float, float], int]] = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step in (self.warmup, self.total):
-            self.marks[trainer.global_step] = (mark(self.device), minor_faults())
+from train_overhead import lightning_run
 
 
 def child(args) -> dict:
     """One run of the train.py path under this process's policy (set by finish_args)."""
-    total = args.warmup + args.steps
-    with tempfile.TemporaryDirectory() as out:
-        cfg = compose(train_overrides(args, batch_size=args.batch_size, max_steps=total), Path(out))
-        datamodule, model, trainer = build_run(cfg)
-        window = FaultWindow(args.warmup, total, args.device)
-        trainer.callbacks.append(window)
-        trainer.fit(model, datamodule=datamodule)
-    (start, f0), (stop, f1) = window.marks[args.warmup], window.marks[total]
-    ips = Measured.rate(args.batch_size * args.steps, start, stop)
-    train = {"wall": float(ips), "cpu": ips.cpu, "faults_per_step": (f1 - f0) / args.steps, "peak_rss_mib": peak_rss_mib()}
+    timer = lightning_run(args, ema=False)
+    ips = timer.images_per_s(args.batch_size)
+    train = {"wall": float(ips), "cpu": ips.cpu, "faults_per_step": timer.faults_per_step(), "peak_rss_mib": peak_rss_mib()}
     model = build_model(args)
     model.sample(args.sample_batch_size, sampler=sampler_spec("ddim", 2), seed=0)  # warm-up
     start, f0 = mark(args.device), minor_faults()
@@ -95,7 +65,10 @@ def run_child(args, policy: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(args) -> list[Row]:
+def run(args) -> list[Row] | None:
+    if args.child:  # one run under this process's policy: its result as JSON for the parent
+        print(json.dumps(child(args)))
+        return None
     res = alternate({p: lambda p=p: run_child(args, p) for p in ("retain", "system")}, args.repeats)
     rows = []
     for what, unit, case in (
@@ -131,17 +104,7 @@ def defaults(args) -> None:
 
 
 def main(argv=None) -> list[Row]:
-    p = base_parser(__doc__)
-    add_args(p)
-    args = p.parse_args(argv)
-    defaults(args)
-    quiet()
-    if args.child:
-        print(json.dumps(child(args)))
-        return []
-    rows = run(args)
-    report(rows, args, "CPU training and sampling: glibc malloc policy")
-    return rows
+    return script_main(__doc__, "CPU training and sampling: glibc malloc policy", run, argv, add_args, defaults)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,13 @@ from pathlib import Path
 import torch
 from benchlib import (
     Row,
-    base_parser,
     build_run,
     compose,
     finish_args,
     peak_rss_mib,
-    quiet,
-    report,
     reset_peak_rss,
     rss_mib,
+    script_main,
     sync,
     train_overrides,
 )
@@ -170,14 +168,7 @@ def defaults(args) -> None:
 
 
 def main(argv=None) -> list[Row]:
-    p = base_parser(__doc__)
-    add_args(p)
-    args = p.parse_args(argv)
-    defaults(args)
-    quiet()
-    rows = run(args)
-    report(rows, args, "Memory: peak of training and sampling")
-    return rows
+    return script_main(__doc__, "Memory: peak of training and sampling", run, argv, add_args, defaults)
 
 
 if __name__ == "__main__":

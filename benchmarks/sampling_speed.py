@@ -28,15 +28,13 @@ from benchlib import (
     Row,
     alternate,
     autocast,
-    base_parser,
     build_run,
     compose,
     finish_args,
     mark,
     median,
-    quiet,
     ratio_of_medians,
-    report,
+    script_main,
     spread,
     time_calls,
     train_overrides,
@@ -191,14 +189,7 @@ def defaults(args) -> None:
 
 
 def main(argv=None) -> list[Row]:
-    p = base_parser(__doc__)
-    add_args(p)
-    args = p.parse_args(argv)
-    defaults(args)
-    quiet()
-    rows = run(args)
-    report(rows, args, "Sampling: ours vs diffusers pipelines")
-    return rows
+    return script_main(__doc__, "Sampling: ours vs diffusers pipelines", run, argv, add_args, defaults)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from benchlib import Row, base_parser, build_run, compose, finish_args, quiet, report, train_overrides
+from benchlib import Row, build_run, compose, finish_args, script_main, train_overrides
 from lightning.pytorch.callbacks import Callback
 from torch.overrides import TorchFunctionMode
 
@@ -153,14 +153,7 @@ def defaults(args) -> None:
 
 
 def main(argv=None) -> list[Row]:
-    p = base_parser(__doc__)
-    add_args(p)
-    args = p.parse_args(argv)
-    defaults(args)
-    quiet()
-    rows = run(args)
-    report(rows, args, "Host-device synchronisation in the training step")
-    return rows
+    return script_main(__doc__, "Host-device synchronisation in the training step", run, argv, add_args, defaults)
 
 
 if __name__ == "__main__":

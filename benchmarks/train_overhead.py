@@ -34,15 +34,14 @@ from benchlib import (
     Row,
     alternate,
     autocast,
-    base_parser,
     build_run,
     compose,
     finish_args,
     mark,
     median,
-    quiet,
+    minor_faults,
     ratio_of_medians,
-    report,
+    script_main,
     spread,
     train_overrides,
 )
@@ -52,23 +51,28 @@ GOAL = ">= 0.98"
 
 
 class WindowTimer(Callback):
-    """Wall and process CPU time of optimizer steps (warmup, total], synchronised at the two ends
-    only."""
+    """Wall and process CPU time, and minor page faults, of optimizer steps (warmup, total],
+    synchronised at the two ends only."""
 
     def __init__(self, warmup: int, total: int, device: str) -> None:
         self.warmup, self.total, self.device = warmup, total, device
         self.marks: dict[int, tuple[float, float]] = {}
+        self.faults: dict[int, int] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step in (self.warmup, self.total):
             self.marks[trainer.global_step] = mark(self.device)
+            self.faults[trainer.global_step] = minor_faults()
 
     def images_per_s(self, batch_size: int) -> Measured:
         return Measured.rate(batch_size * (self.total - self.warmup), self.marks[self.warmup], self.marks[self.total])
 
+    def faults_per_step(self) -> float:
+        return (self.faults[self.total] - self.faults[self.warmup]) / (self.total - self.warmup)
 
-def lightning_images_per_s(args, *, ema: bool, extra=()) -> Measured:
-    """Images/s of `trainer.fit` on the composed config."""
+
+def lightning_run(args, *, ema: bool, extra=()) -> WindowTimer:
+    """`trainer.fit` on the composed config, timed by a WindowTimer over the steps after warm-up."""
     total = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as out:
         cfg = compose(train_overrides(args, batch_size=args.batch_size, max_steps=total, ema=ema, extra=extra), Path(out))
@@ -76,7 +80,12 @@ def lightning_images_per_s(args, *, ema: bool, extra=()) -> Measured:
         timer = WindowTimer(args.warmup, total, args.device)
         trainer.callbacks.append(timer)  # last: after EMA's on_train_batch_end
         trainer.fit(model, datamodule=datamodule)
-    return timer.images_per_s(args.batch_size)
+    return timer
+
+
+def lightning_images_per_s(args, *, ema: bool, extra=()) -> Measured:
+    """Images/s of `trainer.fit` on the composed config."""
+    return lightning_run(args, ema=ema, extra=extra).images_per_s(args.batch_size)
 
 
 class BareLoop:
@@ -289,21 +298,18 @@ def add_mode_arg(p) -> None:
                         "(default on CUDA, where per-step timing would add synchronisations)")
 
 
-def defaults(args) -> None:
-    finish_args(args, batch_size=(128, 8), steps=(40, 2), warmup=(3, 1), ema=([False, True], [False]))
+def finish_mode(args) -> None:
     if args.mode is None:
         args.mode = "alternate" if args.device == "cuda" else "interleaved"
 
 
+def defaults(args) -> None:
+    finish_args(args, batch_size=(128, 8), steps=(40, 2), warmup=(3, 1), ema=([False, True], [False]))
+    finish_mode(args)
+
+
 def main(argv=None) -> list[Row]:
-    p = base_parser(__doc__)
-    add_args(p)
-    args = p.parse_args(argv)
-    defaults(args)
-    quiet()
-    rows = run(args)
-    report(rows, args, "Training: train.py path vs a bare PyTorch loop")
-    return rows
+    return script_main(__doc__, "Training: train.py path vs a bare PyTorch loop", run, argv, add_args, defaults)
 
 
 if __name__ == "__main__":

@@ -35,21 +35,19 @@ from benchlib import (
     Row,
     alternate,
     autocast,
-    base_parser,
     build_run,
     compose,
     finish_args,
     mark,
     median,
-    quiet,
     ratio_of_medians,
-    report,
+    script_main,
     spread,
     train_overrides,
     train_step_flops,
 )
 from torch import nn
-from train_overhead import add_mode_arg, interleaved_row, interleaved_seconds, lightning_images_per_s
+from train_overhead import add_mode_arg, finish_mode, interleaved_row, interleaved_seconds, lightning_images_per_s
 
 GOAL = ">= 1.20"
 PIN = "pip install --no-deps denoising-diffusion-pytorch==2.3.4 ema-pytorch einops accelerate pytorch-fid"
@@ -188,19 +186,11 @@ def add_args(p) -> None:
 
 def defaults(args) -> None:
     finish_args(args, batch_size=(128, 8), steps=(30, 2), warmup=(3, 1), their_networks=(["theirs", "wrapped"], ["theirs", "wrapped"]))
-    if args.mode is None:
-        args.mode = "alternate" if args.device == "cuda" else "interleaved"
+    finish_mode(args)
 
 
 def main(argv=None) -> list[Row]:
-    p = base_parser(__doc__)
-    add_args(p)
-    args = p.parse_args(argv)
-    defaults(args)
-    quiet()
-    rows = run(args)
-    report(rows, args, "Training: ours vs denoising-diffusion-pytorch")
-    return rows
+    return script_main(__doc__, "Training: ours vs denoising-diffusion-pytorch", run, argv, add_args, defaults)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""User errors through Hydra: `instantiate` wraps whatever a constructor raises in an
-`InstantiationException` (twice when one config builds another). A user error deserves its own
-one-line message, so the root ValueError / FileNotFoundError is re-raised as it was."""
+"""User errors: a ValueError / FileNotFoundError a user caused, reported as one line.
+
+Through Hydra, `instantiate` wraps whatever a constructor raises in an `InstantiationException`
+(twice when one config builds another), so `user_errors` re-raises the root error as it was;
+`one_line_errors` turns it into `error: ...` and exit code 2 at a command line."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 from hydra.errors import InstantiationException
@@ -24,3 +27,14 @@ def user_errors() -> Iterator[None]:
         if isinstance(root, USER_ERRORS) and not isinstance(root, InstantiationException):
             raise root from None
         raise
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """For command-line entry points: a user error ends the process with one line
+    `error: ...` on stderr and exit code 2, no traceback."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -70,6 +70,7 @@ from ddpm_lightning.callbacks.fid import (
     fixed_noise,
     real_stats_key,
 )
+from ddpm_lightning.errors import one_line_errors
 from ddpm_lightning.evaluation_inputs import check_same_shape, get_datamodule, load_array_file
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.metrics import (
@@ -392,8 +393,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
+    with one_line_errors():
         main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

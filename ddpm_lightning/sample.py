@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ddpm_lightning.errors import one_line_errors
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.visualize import image_grid, save_png, scatter, to_uint8
 
@@ -190,8 +191,5 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    try:
+    with one_line_errors():
         main()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -11,7 +11,6 @@ explained in `ddpm_lightning/distributed.py` and the README.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning import distributed
-from ddpm_lightning.errors import user_errors
+from ddpm_lightning.errors import one_line_errors, user_errors
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.loggers import finish_runs, name_sweep_runs
 from ddpm_lightning.networks import check_network, fill_shape_keys
@@ -116,12 +115,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns `optimized_metric` for sweepers."""
-    try:
+    with one_line_errors():  # a user error found before training: one clear line, no traceback
         metrics = train(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        # a user error found before training: one clear line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     metric = cfg.get("optimized_metric")
     if metric and metric not in metrics:
         log.warning("optimized_metric %r was not logged; have %s", metric, sorted(metrics))
