@@ -32,6 +32,7 @@ from torchmetrics import MeanMetric
 
 from ddpm_lightning.distributed import seed_rank
 from ddpm_lightning.errors import user_errors
+from ddpm_lightning.noise import fixed_noise
 from ddpm_lightning.losses import check_loss_options, diffusion_loss
 from ddpm_lightning.parameterizations import Parameterization, get_parameterization
 from ddpm_lightning.process import DiffusionProcess, randn
@@ -340,6 +341,5 @@ def noise_loader(n: int, data_shape: Sequence[int], batch_size: int = 256, seed:
     on how the loader is split across processes."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, *data_shape, generator=g)
+    noise = fixed_noise(range(n), data_shape, seed)  # (n, *data_shape)
     return torch.utils.data.DataLoader(noise, batch_size=batch_size, shuffle=False)

@@ -14,19 +14,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ddpm_lightning.noise import randn  # noqa: F401  (re-exported: samplers import it from here)
 from ddpm_lightning.schedules import make_betas
 
 
 def extract(a: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
     """a[t] for a batch of timesteps t (B,), shaped (B, 1, ..., 1) to broadcast against x."""
     return a.gather(0, t.reshape(-1)).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
-
-
-def randn(shape: Sequence[int], generator: torch.Generator | None, device, dtype) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device, then moved: the same seed gives
-    the same noise whichever device the model runs on."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
 class DiffusionProcess(nn.Module):
