@@ -4,11 +4,13 @@ Lightning and Hydra.
 The public API, importable from the package root:
 
 * math (plain PyTorch): `DiffusionProcess`, `make_betas`, `get_parameterization`,
-  `Prediction`, `diffusion_loss`, `get_sampler`, `DDPMSampler`, `DDIMSampler`, `sample`;
+  `Prediction`, `Denoiser` (network + parameterization), `DiffusionLoss`, `diffusion_loss`,
+  `get_sampler`, `DDPMSampler`, `DDIMSampler`, `sample`;
 * training: `DiffusionModule`, `EMA`, `SampleGrid`, `FID`, and the datamodules of `ddpm_lightning.data`.
 """
 
-from ddpm_lightning.losses import diffusion_loss
+from ddpm_lightning.denoiser import Denoiser
+from ddpm_lightning.losses import DiffusionLoss, diffusion_loss
 from ddpm_lightning.parameterizations import PARAMETERIZATIONS, Prediction, get_parameterization
 from ddpm_lightning.process import DiffusionProcess, extract
 from ddpm_lightning.samplers import SAMPLERS, DDIMSampler, DDPMSampler, Sampler, get_sampler
@@ -37,6 +39,8 @@ __all__ = [
     "SCHEDULES",
     "DDIMSampler",
     "DDPMSampler",
+    "Denoiser",
+    "DiffusionLoss",
     "DiffusionModule",
     "DiffusionProcess",
     "EMA",

@@ -114,12 +114,13 @@ def vb_term_bpd(
     clip_denoised: bool = True,
 ) -> torch.Tensor:
     """The bound's term at timesteps t, in bits/dim, per example (B,): the decoder NLL L_0
-    where t == 0, the KL L_{t-1} elsewhere. `module` has `process`, `parameterization` and is
-    called as module(x_t, t) (a DiffusionModule)."""
-    process: DiffusionProcess = module.process
+    where t == 0, the KL L_{t-1} elsewhere. `module` is a DiffusionModule (its `denoiser`) or a
+    `Denoiser` itself."""
+    denoiser = getattr(module, "denoiser", module)
+    process: DiffusionProcess = denoiser.process
     x_t, _ = process.q_sample(x0, t, noise=noise)
     # 1. the model's x0_hat, and p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_hat) with fixed variance
-    pred = module.parameterization.predict(process, x_t, t, module(x_t, t).float())
+    pred = denoiser(x_t, t)
     x0_hat = pred.x0.clamp(-1.0, 1.0) if clip_denoised else pred.x0
     model_mean, _, _ = process.q_posterior(x0_hat, x_t, t)
     model_log_var = model_log_variance(process, t, x_t.shape, variance)
@@ -189,9 +190,8 @@ def bits_per_dim(
     """The variational bound of `module` on `data`, in bits/dim (see the module docstring).
 
     Args:
-        module: a DiffusionModule (or anything with `process`, `parameterization` and
-            module(x_t, t) -> network output). Evaluated in eval mode; use the EMA weights
-            (a checkpoint's `state_dict` already holds them).
+        module: a DiffusionModule or a `Denoiser`. Evaluated in eval mode; use the EMA
+            weights (a checkpoint's `state_dict` already holds them).
         data: images (N, C, H, W) in [-1, 1], or an iterable of such batches (a DataLoader;
             (images, labels) batches are fine).
         num_timesteps: None: all T terms (exact bound); K < T: an estimate from K terms.
@@ -214,7 +214,7 @@ def bits_per_dim(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}")
-    process: DiffusionProcess = module.process
+    process: DiffusionProcess = getattr(module, "denoiser", module).process
     T = process.num_timesteps
     starts, stops = timestep_blocks(T, num_timesteps)
     param = next(module.parameters(), None)

@@ -33,11 +33,12 @@ from torchmetrics import MeanMetric
 from ddpm_lightning.distributed import seed_rank
 from ddpm_lightning.errors import user_errors
 from ddpm_lightning.noise import fixed_noise
-from ddpm_lightning.losses import check_loss_options, diffusion_loss
-from ddpm_lightning.parameterizations import Parameterization, get_parameterization
+from ddpm_lightning.denoiser import Cond, Denoiser
+from ddpm_lightning.losses import DiffusionLoss
+from ddpm_lightning.parameterizations import Parameterization
 from ddpm_lightning.process import DiffusionProcess, randn
 from ddpm_lightning.samplers import Sampler, get_sampler
-from ddpm_lightning.sampling import SampleOutput, sample
+from ddpm_lightning.sampling import SampleOutput, denoising_loop
 
 NUM_QUARTILES = 4  # val/loss_q0..q3: loss by timestep quartile, as improved-diffusion logs it
 
@@ -59,14 +60,15 @@ class DiffusionModule(L.LightningModule):
     """A denoising diffusion model: network + forward process + parameterization + loss.
 
     Args:
-        network: an `nn.Module` with the contract network(x_t, t) -> output of x_t's shape, or
-            its config dict (`_target_` and arguments).
+        network: an `nn.Module` with the contract network(x_t, t, cond=None) -> output of x_t's
+            shape (see `ddpm_lightning.denoiser`), or its config dict (`_target_` and arguments).
         schedule: a `DiffusionProcess`, or its arguments as a dict
-            (`{"schedule": "cosine", "num_timesteps": 1000}`); default linear, T = 1000.
+            (`{"name": "cosine", "num_timesteps": 1000}`); default linear, T = 1000.
         parameterization: "epsilon", "x0", "mu" or "v".
-        loss_type: "mse", "l1" or "huber".
-        loss_weighting: "none", "snr", "snr_plus_one" or "min_snr" (see `ddpm_lightning.losses`).
-        min_snr_gamma: gamma of min-SNR weighting (Hang et al. 2023 use 5).
+        loss: a `DiffusionLoss` or its options as a dict (`{"type": "mse", "weighting":
+            "min_snr", "min_snr_gamma": 5.0, "huber_delta": 1.0}`); default plain MSE.
+        loss_type, loss_weighting, min_snr_gamma: the loss options as separate arguments (the
+            spelling of checkpoints written before the `loss` group); they fill `loss`.
         sampler: the default sampler for `sample()` and validation pictures:
             `{"name": "ddim", "num_steps": 50, "eta": 0.0, ...}` or a name.
         optimizer: a partial optimizer (`functools.partial(torch.optim.AdamW, lr=2e-4)`) or its
@@ -85,34 +87,34 @@ class DiffusionModule(L.LightningModule):
         network: nn.Module | Mapping[str, Any],
         schedule: DiffusionProcess | Mapping[str, Any] | None = None,
         parameterization: str | Parameterization = "epsilon",
-        loss_type: str = "mse",
-        loss_weighting: str = "none",
-        min_snr_gamma: float = 5.0,
+        loss: DiffusionLoss | Mapping[str, Any] | None = None,
         sampler: str | Mapping[str, Any] | None = None,
         optimizer: Callable | Mapping[str, Any] | None = None,
         lr_scheduler: Callable | Mapping[str, Any] | None = None,
         data_shape: Sequence[int] | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        loss_type: str | None = None,
+        loss_weighting: str | None = None,
+        min_snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
         network, schedule, sampler = _plain(network), _plain(schedule), _plain(sampler)
         optimizer, lr_scheduler = _plain(optimizer), _plain(lr_scheduler)
-        check_loss_options(loss_type, loss_weighting, min_snr_gamma)
+        legacy = {"type": loss_type, "weighting": loss_weighting, "min_snr_gamma": min_snr_gamma}
+        loss_fn = DiffusionLoss.from_spec(_plain(loss), **{k: v for k, v in legacy.items() if v is not None})
 
         if isinstance(schedule, DiffusionProcess):
             process = schedule
         else:
-            process = DiffusionProcess(**(schedule or {"schedule": "linear", "num_timesteps": 1000}))
+            process = DiffusionProcess(**(schedule or {"name": "linear", "num_timesteps": 1000}))
         if isinstance(parameterization, Parameterization):
             parameterization = parameterization.name
         # Objects are not hyperparameters: store what rebuilds them (config dicts), or nothing.
         hparams = {
             "schedule": dict(process.config),
             "parameterization": parameterization,
-            "loss_type": loss_type,
-            "loss_weighting": loss_weighting,
-            "min_snr_gamma": min_snr_gamma,
+            "loss": loss_fn.spec(),
             "sampler": sampler if sampler is not None else {"name": "ddpm"},
             "data_shape": list(data_shape) if data_shape is not None else None,
             "compile": compile,
@@ -125,7 +127,11 @@ class DiffusionModule(L.LightningModule):
 
         self.network: nn.Module = _build(network)
         self.process = process
-        self.parameterization = get_parameterization(parameterization)
+        self.loss_fn = loss_fn
+        # The denoiser shares the network and the process (its submodules are these same
+        # objects), but it is not registered as a submodule of this module: the state_dict keys
+        # stay `network.*` / `process.*`, so checkpoints keep one layout.
+        object.__setattr__(self, "_denoiser", Denoiser(self.network, process, parameterization, channels_last))
         self._optimizer = optimizer
         self._lr_scheduler = lr_scheduler
         self.val_loss = MeanMetric()
@@ -141,11 +147,18 @@ class DiffusionModule(L.LightningModule):
         shape = self.hparams.get("data_shape")
         return tuple(shape) if shape is not None else None
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def denoiser(self) -> Denoiser:
+        """network + parameterization: denoiser(x_t, t, cond=None) -> Prediction(x0, eps, log_var)."""
+        return self._denoiser
+
+    @property
+    def parameterization(self) -> Parameterization:
+        return self._denoiser.parameterization
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond = None) -> torch.Tensor:
         """The raw network output for x_t at timesteps t (B,)."""
-        if self.hparams.channels_last and x_t.ndim == 4:
-            x_t = x_t.contiguous(memory_format=torch.channels_last)
-        return self.network(x_t, t)
+        return self._denoiser.network_output(x_t, t, cond)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -175,24 +188,15 @@ class DiffusionModule(L.LightningModule):
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        cond: Cond = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of each example (B,) and the timesteps it was computed at (B,)."""
         if t is None:
             t = self.draw_timesteps(x0.shape[0])
         x_t, noise = self.process.q_sample(x0, t, noise=noise, generator=generator)
-        output = self(x_t, t)
+        output = self(x_t, t, cond)
         target = self.parameterization.target(self.process, x0, noise, t, x_t)
-        loss = diffusion_loss(
-            self.process,
-            self.parameterization,
-            output,
-            target,
-            t,
-            loss_type=self.hparams.loss_type,
-            weighting=self.hparams.loss_weighting,
-            min_snr_gamma=self.hparams.min_snr_gamma,
-        )
-        return loss, t
+        return self.loss_fn(self.process, self.parameterization, output, target, t), t
 
     @staticmethod
     def _images(batch: Any) -> torch.Tensor:
@@ -249,17 +253,19 @@ class DiffusionModule(L.LightningModule):
         noise: torch.Tensor | None = None,
         sampler: str | Mapping[str, Any] | Sampler | None = None,
         num_steps: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         seed: int | None = None,
         image: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         strength: float = 1.0,
+        cond: Cond = None,
         return_trajectory: bool = False,
         progress: bool = False,
     ) -> SampleOutput:
         """Draw `n` samples (or one per row of `noise` / `image`) with the given sampler (default:
-        the module's), in eval mode and under inference mode. See `ddpm_lightning.sampling.sample`
-        for img2img (`image`, `strength`) and inpainting (`image`, `mask`)."""
+        the module's), in eval mode and under inference mode. See
+        `ddpm_lightning.sampling.denoising_loop` for img2img (`image`, `strength`), inpainting
+        (`image`, `mask`), conditioning (`cond`) and per-sample generators."""
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
         shape = None
@@ -275,12 +281,11 @@ class DiffusionModule(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            return sample(
-                self,
-                self.process,
-                self.parameterization,
+            return denoising_loop(
+                self.denoiser,
                 spec_sampler,
                 shape,
+                cond=cond,
                 num_steps=num_steps if num_steps is not None else spec_steps,
                 generator=generator,
                 noise=noise,

@@ -18,14 +18,17 @@ from typing import NamedTuple
 
 import torch
 
-from ddpm_lightning.process import DiffusionProcess, extract
+from ddpm_lightning.process import DiffusionProcess
 
 
 class Prediction(NamedTuple):
-    """The model's estimate of the clean sample and of the noise in x_t."""
+    """The model's estimate of the clean sample and of the noise in x_t, and, for a model that
+    learns its reverse-process variance, the log-variance of p(x_{t-1} | x_t) (None: the
+    sampler's fixed variance)."""
 
     x0: torch.Tensor
     eps: torch.Tensor
+    log_var: torch.Tensor | None = None
 
 
 class Parameterization:
@@ -63,7 +66,7 @@ class EpsilonParameterization(Parameterization):
 
     def x0_error_scale2(self, process, t, shape):
         # eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)  =>  k^2 = abar / (1 - abar) = SNR
-        return extract(process.snr, t, shape)
+        return process.at("snr", t, shape)
 
 
 class X0Parameterization(Parameterization):
@@ -78,7 +81,7 @@ class X0Parameterization(Parameterization):
         return Prediction(output, process.eps_from_x0(x_t, t, output))
 
     def x0_error_scale2(self, process, t, shape):
-        return torch.ones_like(extract(process.snr, t, shape))
+        return torch.ones_like(process.at("snr", t, shape))
 
 
 class MuParameterization(Parameterization):
@@ -92,13 +95,13 @@ class MuParameterization(Parameterization):
 
     def predict(self, process, x_t, t, output):
         # invert eq. 7: x_0 = (mu - coef2 x_t) / coef1 (improved-diffusion _predict_xstart_from_xprev)
-        coef1 = extract(process.posterior_mean_coef1, t, x_t.shape)
-        coef2 = extract(process.posterior_mean_coef2, t, x_t.shape)
+        coef1 = process.at("posterior_mean_coef1", t, x_t.shape)
+        coef2 = process.at("posterior_mean_coef2", t, x_t.shape)
         x0 = (output - coef2 * x_t) / coef1
         return Prediction(x0, process.eps_from_x0(x_t, t, x0))
 
     def x0_error_scale2(self, process, t, shape):
-        return extract(process.posterior_mean_coef1, t, shape) ** 2
+        return process.at("posterior_mean_coef1", t, shape) ** 2
 
 
 class VParameterization(Parameterization):
@@ -107,19 +110,19 @@ class VParameterization(Parameterization):
     name = "v"
 
     def target(self, process, x0, noise, t, x_t):
-        a = extract(process.sqrt_alphas_cumprod, t, x0.shape)
-        s = extract(process.sqrt_one_minus_alphas_cumprod, t, x0.shape)
+        a = process.at("sqrt_alphas_cumprod", t, x0.shape)
+        s = process.at("sqrt_one_minus_alphas_cumprod", t, x0.shape)
         return a * noise - s * x0
 
     def predict(self, process, x_t, t, output):
-        a = extract(process.sqrt_alphas_cumprod, t, x_t.shape)
-        s = extract(process.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
+        a = process.at("sqrt_alphas_cumprod", t, x_t.shape)
+        s = process.at("sqrt_one_minus_alphas_cumprod", t, x_t.shape)
         # x_0 = sqrt(abar) x_t - sqrt(1 - abar) v ;  eps = sqrt(1 - abar) x_t + sqrt(abar) v
         return Prediction(a * x_t - s * output, s * x_t + a * output)
 
     def x0_error_scale2(self, process, t, shape):
         # dv/dx0 at fixed x_t = -1 / sqrt(1 - abar)  =>  k^2 = 1 / (1 - abar) = SNR + 1
-        return extract(process.snr, t, shape) + 1
+        return process.at("snr", t, shape) + 1
 
 
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {

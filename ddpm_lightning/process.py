@@ -23,11 +23,33 @@ def extract(a: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) -> torch.T
     return a.gather(0, t.reshape(-1)).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
 
 
+def _lerp(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """values at continuous indices t (clamped to [0, len - 1]), linear between neighbours."""
+    t = t.to(values.dtype).clamp(0, len(values) - 1)
+    lo = t.floor().long().clamp(max=len(values) - 2) if len(values) > 1 else t.long()
+    hi = (lo + 1).clamp(max=len(values) - 1)
+    w = t - lo.to(t.dtype)
+    return torch.lerp(values[lo], values[hi], w)
+
+
+# abar-derived buffers as functions of the log-SNR l: abar = sigmoid(l), 1 - abar = sigmoid(-l)
+_FROM_LOG_SNR = {
+    "alphas_cumprod": torch.sigmoid,
+    "sqrt_alphas_cumprod": lambda l: torch.sigmoid(l).sqrt(),
+    "sqrt_one_minus_alphas_cumprod": lambda l: torch.sigmoid(-l).sqrt(),
+    "log_one_minus_alphas_cumprod": lambda l: torch.nn.functional.logsigmoid(-l),
+    "sqrt_recip_alphas_cumprod": lambda l: torch.sigmoid(l).rsqrt(),
+    "sqrt_recipm1_alphas_cumprod": lambda l: torch.exp(-0.5 * l),
+    "snr": torch.exp,
+}
+
+
 class DiffusionProcess(nn.Module):
     """Buffers of a discrete DDPM forward process and its closed forms.
 
     Args:
-        schedule: a name from `ddpm_lightning.schedules.SCHEDULES` or an explicit list of betas.
+        name: a schedule from `ddpm_lightning.schedules.SCHEDULES` or an explicit list of betas
+            (`schedule=` is accepted as an older spelling).
         num_timesteps: T (ignored shape check aside when betas are given explicitly).
         zero_terminal_snr: rescale to abar_T = 0 (Lin et al. 2023).
         dtype: dtype of the buffers; float32 unless a test wants float64.
@@ -36,24 +58,26 @@ class DiffusionProcess(nn.Module):
 
     def __init__(
         self,
-        schedule: str | Sequence[float] = "linear",
+        name: str | Sequence[float] = "linear",
         num_timesteps: int | None = 1000,
         zero_terminal_snr: bool = False,
         dtype: torch.dtype = torch.float32,
         **schedule_kwargs: float,
     ) -> None:
         super().__init__()
-        if not isinstance(schedule, str):
+        if "schedule" in schedule_kwargs:  # the key before `name` (checkpoints written until 0.1)
+            name = schedule_kwargs.pop("schedule")
+        if not isinstance(name, str):
             num_timesteps = None  # an explicit list of betas defines T itself
-        betas = make_betas(schedule, num_timesteps, zero_terminal_snr, **schedule_kwargs)
+        betas = make_betas(name, num_timesteps, zero_terminal_snr, **schedule_kwargs)
         # enough to rebuild this process (stored in checkpoints' hyperparameters)
         self.config = {
-            "schedule": schedule if isinstance(schedule, str) else [float(b) for b in schedule],
+            "name": name if isinstance(name, str) else [float(b) for b in name],
             "num_timesteps": int(betas.numel()),
             "zero_terminal_snr": bool(zero_terminal_snr),
             **schedule_kwargs,
         }
-        self.schedule_name = schedule if isinstance(schedule, str) else "explicit"
+        self.schedule_name = name if isinstance(name, str) else "explicit"
         self.num_timesteps = int(betas.numel())
 
         alphas = 1.0 - betas
@@ -97,9 +121,47 @@ class DiffusionProcess(nn.Module):
     def extra_repr(self) -> str:
         return f"schedule={self.schedule_name!r}, T={self.num_timesteps}"
 
-    def check_timesteps(self, t: torch.Tensor) -> None:
-        if t.dtype not in (torch.int64, torch.int32) or t.ndim != 1:
-            raise ValueError(f"timesteps must be a 1-D integer tensor, got {t.dtype} {tuple(t.shape)}")
+    # ---- continuous time ------------------------------------------------------------------
+    def at(self, name: str, t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Buffer `name` at timesteps t (B,), shaped (B, 1, ..., 1) to broadcast against `shape`.
+
+        Integer t reads the buffer (`extract`). Floating-point t is continuous time in
+        [0, T - 1], for samplers that step between the training timesteps (Karras sigmas,
+        Heun's midpoints): the log-SNR is interpolated linearly between the two neighbouring
+        timesteps, and every abar-derived quantity follows from it exactly, so x_t, x0_hat and
+        eps_hat stay consistent (x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps at every t). Since
+        log-SNR = -2 log sigma (sigma = sqrt((1 - abar) / abar)), this is k-diffusion's
+        `DiscreteSchedule` interpolation of log sigma. Other buffers (betas, posterior
+        coefficients) are interpolated linearly in t."""
+        if not t.is_floating_point():
+            return extract(getattr(self, name), t, shape)
+        t = t.reshape(-1)
+        view = (t.shape[0], *((1,) * (len(shape) - 1)))
+        if name in _FROM_LOG_SNR:
+            return _FROM_LOG_SNR[name](self.log_snr_at(t)).reshape(view)
+        return _lerp(getattr(self, name), t).reshape(view)
+
+    def log_snr_at(self, t: torch.Tensor) -> torch.Tensor:
+        """log SNR(t) = log(abar_t / (1 - abar_t)) (B,) at integer or continuous timesteps."""
+        log_snr = self.snr.log()
+        return log_snr[t] if not t.is_floating_point() else _lerp(log_snr, t)
+
+    def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma(t) = sqrt((1 - abar_t) / abar_t) (B,), the noise level of x_t / sqrt(abar_t)
+        (Karras et al. 2022's variance-exploding view of the same process)."""
+        return torch.exp(-0.5 * self.log_snr_at(t))
+
+    def t_from_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The continuous timestep (float, in [0, T - 1]) whose sigma is `sigma`: the inverse of
+        `sigma_at`, linear in log sigma between the training timesteps (k-diffusion's
+        `sigma_to_t`); sigmas outside the schedule's range clamp to its ends."""
+        log_sigmas = -0.5 * self.snr.log()  # increasing in t
+        log_sigma = torch.as_tensor(sigma, dtype=log_sigmas.dtype, device=log_sigmas.device).log()
+        log_sigma = log_sigma.clamp(float(log_sigmas[0]), float(log_sigmas[-1]))
+        hi = torch.searchsorted(log_sigmas, log_sigma.reshape(-1)).clamp(1, len(log_sigmas) - 1)
+        lo = hi - 1
+        w = (log_sigma.reshape(-1) - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
+        return (lo + w).reshape(log_sigma.shape)
 
     # ---- forward process ------------------------------------------------------------------
     def q_sample(
@@ -114,8 +176,8 @@ class DiffusionProcess(nn.Module):
         if noise is None:
             noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = (
-            extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
-            + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+            self.at("sqrt_alphas_cumprod", t, x0.shape) * x0
+            + self.at("sqrt_one_minus_alphas_cumprod", t, x0.shape) * noise
         )
         return x_t, noise
 
@@ -131,8 +193,8 @@ class DiffusionProcess(nn.Module):
         if noise is None:
             noise = randn(x_prev.shape, generator, x_prev.device, x_prev.dtype)
         x_t = (
-            extract(self.sqrt_alphas, t, x_prev.shape) * x_prev
-            + extract(self.betas, t, x_prev.shape).sqrt() * noise
+            self.at("sqrt_alphas", t, x_prev.shape) * x_prev
+            + self.at("betas", t, x_prev.shape).sqrt() * noise
         )
         return x_t, noise
 
@@ -141,31 +203,23 @@ class DiffusionProcess(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), DDPM eqs. 6-7."""
         mean = (
-            extract(self.posterior_mean_coef1, t, x_t.shape) * x0
-            + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
+            self.at("posterior_mean_coef1", t, x_t.shape) * x0
+            + self.at("posterior_mean_coef2", t, x_t.shape) * x_t
         )
-        var = extract(self.posterior_variance, t, x_t.shape)
-        log_var = extract(self.posterior_log_variance_clipped, t, x_t.shape)
+        var = self.at("posterior_variance", t, x_t.shape)
+        log_var = self.at("posterior_log_variance_clipped", t, x_t.shape)
         return mean, var, log_var
 
     # ---- conversions between x_0, epsilon and x_t -----------------------------------------
     def x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert eq. 4: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
         return (
-            extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps
+            self.at("sqrt_recip_alphas_cumprod", t, x_t.shape) * x_t
+            - self.at("sqrt_recipm1_alphas_cumprod", t, x_t.shape) * eps
         )
 
     def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Invert eq. 4 for the noise: eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
         return (
-            extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0
-        ) / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape)
-
-    def sample_timesteps(
-        self, batch_size: int, device=None, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Uniform t ~ U{0, ..., T-1} (DDPM Algorithm 1, line 3)."""
-        gen_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=gen_device)
-        return t.to(device)
+            self.at("sqrt_recip_alphas_cumprod", t, x_t.shape) * x_t - x0
+        ) / self.at("sqrt_recipm1_alphas_cumprod", t, x_t.shape)

@@ -1,9 +1,13 @@
-"""The one denoising loop: from noise (or a noised image) to samples, for any network,
-parameterization and sampler, with img2img and inpainting.
+"""The one denoising loop: from noise (or a noised image) to samples, for any denoiser and
+sampler, with img2img and inpainting.
 
-The loop runs under `torch.inference_mode()`, takes a `torch.Generator` (the same seed gives the
-same samples), and keeps only the current x_t unless a trajectory is asked for, so its memory
-does not grow with the number of steps.
+The loop hands each step a function `denoise(x_t, t) -> Prediction` (the `Denoiser` with the
+conditioning bound) and lets the sampler call it (`Sampler.sample_step`), so one step may
+evaluate the network more than once or between the training timesteps; the loop counts the
+evaluations (NFE). It runs under `torch.inference_mode()`, takes a `torch.Generator` or one per
+sample (`ddpm_lightning.noise`; the same seed gives the same samples), and keeps only the
+current x_t unless a trajectory is asked for, so its memory does not grow with the number of
+steps.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ddpm_lightning.parameterizations import Parameterization, get_parameterization
+from ddpm_lightning.denoiser import Cond, Denoiser
+from ddpm_lightning.parameterizations import Prediction
 from ddpm_lightning.process import DiffusionProcess, randn
 from ddpm_lightning.samplers import Sampler
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> network output
+DenoiserFn = Callable[..., Prediction]  # (x_t, t, cond=None) -> Prediction, e.g. a `Denoiser`
 
 
 @dataclass
@@ -27,6 +32,7 @@ class SampleOutput:
     timesteps: torch.Tensor  # (S,) the timesteps visited, descending
     trajectory: torch.Tensor | None = None  # (S + 1, B, ...) x_t before each step, then x_0 (CPU)
     x0_trajectory: torch.Tensor | None = None  # (S, B, ...) x0_hat at each step (CPU)
+    nfe: int = 0  # network evaluations per sample (a batched call counts once)
 
 
 def _check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -51,16 +57,29 @@ def img2img_timesteps(timesteps: torch.Tensor, strength: float) -> torch.Tensor:
     return timesteps[n - keep :]
 
 
+def sample(denoiser: DenoiserFn | Callable, sampler: Sampler | DiffusionProcess, *args, **kwargs) -> SampleOutput:
+    """Draw samples: `sample(denoiser, sampler, shape=None, *, cond=None, ...)`.
+
+    The network form of earlier versions, `sample(network, process, parameterization, sampler,
+    shape=None, ...)`, is the same call with `Denoiser(network, process, parameterization)`.
+    See `denoising_loop` for the arguments."""
+    if isinstance(sampler, DiffusionProcess):
+        if len(args) < 2:
+            raise TypeError("sample(network, process, parameterization, sampler, shape=None, ...): give all four")
+        parameterization, real_sampler, *rest = args
+        return denoising_loop(Denoiser(denoiser, sampler, parameterization), real_sampler, *rest, **kwargs)
+    return denoising_loop(denoiser, sampler, *args, **kwargs)
+
+
 @torch.inference_mode()
-def sample(
-    model: ModelFn,
-    process: DiffusionProcess,
-    parameterization: Parameterization | str,
+def denoising_loop(
+    denoiser: DenoiserFn,
     sampler: Sampler,
     shape: Sequence[int] | None = None,
     *,
+    cond: Cond = None,
     num_steps: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     noise: torch.Tensor | None = None,
     image: torch.Tensor | None = None,
     strength: float = 1.0,
@@ -69,13 +88,16 @@ def sample(
     progress: bool = False,
     device: torch.device | str | None = None,
 ) -> SampleOutput:
-    """Draw samples.
+    """The one sampling loop.
 
     Args:
-        model: the network, called as model(x_t, t) with t a (B,) long tensor.
+        denoiser: a `Denoiser`, or any callable (x_t, t, cond) -> Prediction.
+        sampler: the algorithm; it calls the denoiser (`Sampler.sample_step`).
         shape: (B, C, H, W) or (B, D); taken from `image` or `noise` when those are given.
+        cond: conditioning inputs handed to every denoiser call (None: unconditional).
         num_steps: sampling steps (None: all T timesteps).
-        generator: the random source for the initial noise and every step.
+        generator: the random source for the initial noise and every step: one generator, or
+            a list with one per sample (`ddpm_lightning.noise.sample_generators`).
         noise: an explicit starting noise x_T (e.g. fixed noise for progress pictures).
         image: for img2img / inpainting, the image in data range ([-1, 1]).
         strength: img2img strength in (0, 1]: the fraction of the steps that is run, starting
@@ -86,7 +108,7 @@ def sample(
             at the end.
         return_trajectory: also return x_t and x0_hat at every step (moved to the CPU).
     """
-    param = get_parameterization(parameterization)
+    process = sampler.process
     if device is None:
         device = process.betas.device
     if image is not None:
@@ -102,8 +124,9 @@ def sample(
         mask = _check_mask(torch.as_tensor(mask), image)
 
     timesteps = sampler.set_timesteps(num_steps)
+    first = 0
     if image is not None:
-        timesteps = img2img_timesteps(timesteps, strength)
+        first = len(timesteps) - len(img2img_timesteps(timesteps, strength))
     elif strength != 1.0:
         raise ValueError("strength is an img2img option: give an image too")
 
@@ -111,24 +134,27 @@ def sample(
         noise = randn(shape, generator, device, torch.float32)
     x = noise.to(device=device, dtype=torch.float32)
     if image is not None:
-        t0 = torch.full((shape[0],), int(timesteps[0]), device=device, dtype=torch.long)
+        t0 = timesteps[first].to(device).expand(shape[0])
         x_img, _ = process.q_sample(image, t0, noise=x)
         x = x_img if mask is None else mask * x + (1 - mask) * x_img
 
+    calls = 0
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        nonlocal calls
+        calls += 1
+        return denoiser(x_t, t) if cond is None else denoiser(x_t, t, cond)
+
     traj = [x.cpu()] if return_trajectory else None
     x0_traj = [] if return_trajectory else None
-    for t in tqdm(timesteps.tolist(), desc="sampling", disable=not progress, leave=False):
-        t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
-        output = model(x, t_batch)
-        pred = param.predict(process, x, t_batch, output.float())
-        x, x0_hat = sampler.step(x, t, pred, generator=generator)
+    for i in tqdm(range(first, len(timesteps)), desc="sampling", disable=not progress, leave=False):
+        x, x0_hat = sampler.sample_step(denoise, x, i, generator=generator)
         if mask is not None:
             # paste the known region back at the next noise level (RePaint without resampling)
-            t_prev = sampler.prev_timestep(t)
+            t_prev = sampler.prev_timesteps[i]
             if t_prev >= 0:
-                known, _ = process.q_sample(
-                    image, torch.full_like(t_batch, t_prev), generator=generator
-                )
+                t_prev = t_prev.to(device).expand(shape[0])
+                known, _ = process.q_sample(image, t_prev, generator=generator)
             else:
                 known = image
             x = mask * x + (1 - mask) * known
@@ -137,7 +163,8 @@ def sample(
             x0_traj.append(x0_hat.cpu())
     return SampleOutput(
         samples=x,
-        timesteps=timesteps,
+        timesteps=timesteps[first:],
         trajectory=torch.stack(traj) if traj is not None else None,
         x0_trajectory=torch.stack(x0_traj) if x0_traj is not None else None,
+        nfe=calls,
     )

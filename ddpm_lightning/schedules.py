@@ -30,9 +30,9 @@ def scaled_linear_betas(
 
 
 def quadratic_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """The `quad` schedule of Ho et al.'s code (diffusion_utils.get_beta_schedule): the same
-    shape as `scaled_linear` but with DDPM's endpoints 1e-4 and 0.02."""
-    return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=_F64) ** 2
+    """The `quad` schedule of Ho et al.'s code (diffusion_utils.get_beta_schedule): the
+    `scaled_linear` curve with DDPM's endpoints 1e-4 and 0.02."""
+    return scaled_linear_betas(T, beta_start, beta_end)
 
 
 def betas_for_alpha_bar(

@@ -54,7 +54,7 @@ def test_compose_through_the_search_path(tmp_path):
     with initialize_config_dir(config_dir=str(project / "conf"), version_base="1.3"):
         cfg = compose("my_train", overrides=["schedule=cosine", "parameterization=v"])
     assert cfg.trainer.max_steps == 2 and list(cfg.tags) == ["my_project"]
-    assert cfg.schedule.schedule == "cosine" and cfg.parameterization.name == "v"
+    assert cfg.schedule.name == "cosine" and cfg.parameterization.name == "v"
     assert cfg.data._target_ == "ddpm_lightning.data.DigitsDataModule"
 
 

@@ -44,7 +44,7 @@ class MLPDenoiser(nn.Module):
                 f"{tuple(data_shape)}: use a UNet (network=unet_small) for images"
             )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.time_embed_dim))  # (B, hidden)
         h = self.inp(x)
         for block in self.blocks:

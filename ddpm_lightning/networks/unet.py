@@ -1,4 +1,4 @@
-"""A thin wrapper over diffusers' `UNet2DModel` that meets our (x_t, t) -> output contract and
+"""A thin wrapper over diffusers' `UNet2DModel` that meets our (x_t, t, cond) -> output contract and
 checks the data shape before training starts."""
 
 from __future__ import annotations
@@ -74,5 +74,7 @@ class UNet(nn.Module):
                 f"must be multiples of {f} (e.g. data.image_size={max(f, (h // f + 1) * f)})"
             )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        # t: int64 timesteps or continuous float time; UNet2DModel embeds either sinusoidally.
+        # cond: unconditional, so ignored (the contract of ddpm_lightning.denoiser)
         return self.unet(x, t).sample  # (B, C_out, H, W)

@@ -3,12 +3,23 @@
 A sampler consumes only the parameterization-free `Prediction(x0, eps)`, so every sampler works
 with every parameterization. `set_timesteps(n)` picks n of the T training timesteps and
 precomputes each step's coefficients in float64 (stored as float32 tensors on the schedule's
-device); `step(x_t, t, pred)` returns `StepOutput(prev_sample, pred_x0)` as diffusers does.
+device).
+
+Two levels, as in k-diffusion and EDM (whose samplers call the denoiser themselves):
+
+* `sample_step(denoise, x, i)`: step i of the loop. It calls `denoise(x_t, t) -> Prediction`
+  as often and at whatever (integer or continuous) times its algorithm needs; the default
+  evaluates it once at `timesteps[i]` and hands the result to `step`. A second-order solver
+  that needs two evaluations per step (Heun) overrides this;
+* `step(x_t, t, pred)`: the update from one prediction, `StepOutput(prev_sample, pred_x0)`,
+  as diffusers' `scheduler.step` (and tested step by step against it).
+
 The denoising loop itself lives in one place: `ddpm_lightning.sampling.sample`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -129,6 +140,18 @@ class Sampler:
             x0 = clip_x0(x0, self.clip_range)
         tt = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
         return Prediction(x0, self.process.eps_from_x0(x_t, tt, x0))
+
+    def sample_step(
+        self,
+        denoise: Callable[[torch.Tensor, torch.Tensor], Prediction],
+        x: torch.Tensor,
+        i: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> StepOutput:
+        """Step i of the loop from x (the state at `timesteps[i]`) to the next level."""
+        t = int(self.timesteps[i])
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        return self.step(x, t, denoise(x, t_batch), generator=generator)
 
     def step(
         self,
