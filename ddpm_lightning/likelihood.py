@@ -111,7 +111,7 @@ def vb_term_bpd(
     t: torch.Tensor,
     noise: torch.Tensor | None = None,
     variance: str = "fixed_small",
-    clip_denoised: bool = True,
+    clip_denoised: bool = False,
 ) -> torch.Tensor:
     """The bound's term at timesteps t, in bits/dim, per example (B,): the decoder NLL L_0
     where t == 0, the KL L_{t-1} elsewhere. `module` is a DiffusionModule (its `denoiser`) or a
@@ -182,7 +182,7 @@ def bits_per_dim(
     batch_size: int = 64,
     max_images: int | None = None,
     variance: str = "fixed_small",
-    clip_denoised: bool = True,
+    clip_denoised: bool = False,
     quantize: bool = True,
     seed: int = 0,
     progress: bool = True,
@@ -198,7 +198,10 @@ def bits_per_dim(
         batch_size: batch size when `data` is a tensor.
         max_images: stop after this many images.
         variance: the model's fixed variance, "fixed_small" or "fixed_large".
-        clip_denoised: clamp x0_hat to [-1, 1] (improved-diffusion does for images).
+        clip_denoised: clamp x0_hat to [-1, 1] before the posterior mean. Off by default: the
+            bound is then the one of the model as it is. improved-diffusion's `image_nll.py`
+            clips for epsilon / x0 models but never changes a mu (PREVIOUS_X) model's mean,
+            so with clipping on, mu models' numbers differ from theirs.
         quantize: round the data to 8 bits first (the discretized decoder assumes it).
         seed: seed of the noise of the Monte Carlo terms.
 

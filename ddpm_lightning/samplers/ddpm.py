@@ -22,17 +22,29 @@ class DDPMSampler(Sampler):
     Args:
         variance: `fixed_small` (sigma^2 = beta tilde_t, DDPM eq. 7) or `fixed_large`
             (sigma^2 = beta_t); Ho et al. sec. 3.2 found both work equally well.
-        spacing, clip_denoised, ...: see `Sampler`. The default spacing is `leading`, as in
-            diffusers' DDPMScheduler; with n = T all spacings coincide.
+        spacing: which n of the T timesteps a respaced run visits. The default `linspace`
+            is Nichol & Dhariwal's `space_timesteps(T, [n])` (evenly strided, both ends, so the
+            first step is t = T - 1); `leading` is diffusers' DDPMScheduler default
+            (0, T//n, ..., never t = T - 1). With n = T all spacings coincide.
+        clip_mean: with clipping on (`clip_denoised` / `dynamic_threshold`), build the
+            posterior mean from the clipped x0_hat (True, the default: what Ho et al.'s code does
+            for epsilon models, and the same rule for every parameterization) or from the
+            unclipped one (False: the clipped x0_hat is then only reported). For a mu model with
+            n = T steps, False makes the mean the network's own output, as improved-diffusion's
+            `p_mean_variance` does for PREVIOUS_X.
+        clip_denoised, ...: see `Sampler`.
     """
 
     name = "ddpm"
 
-    def __init__(self, process: DiffusionProcess, variance: str = "fixed_small", spacing: str = "leading", **kwargs) -> None:
+    def __init__(
+        self, process: DiffusionProcess, variance: str = "fixed_small", spacing: str = "linspace", clip_mean: bool = True, **kwargs
+    ) -> None:
         if variance not in VARIANCES:
             raise ValueError(f"unknown DDPM variance {variance!r}; choose one of {list(VARIANCES)}")
         super().__init__(process, spacing=spacing, **kwargs)
         self.variance = variance
+        self.clip_mean = bool(clip_mean)
 
     def coefficients(self, abar_t, abar_prev):
         alpha = abar_t / abar_prev  # respaced alpha_t
@@ -48,11 +60,12 @@ class DDPMSampler(Sampler):
         return {"x0": coef_x0, "xt": coef_xt, "std": var.sqrt()}
 
     def step(self, x_t, t, pred: Prediction, generator=None, noise=None) -> StepOutput:
-        pred = self.denoise(x_t, t, pred)
+        clipped = self.denoise(x_t, t, pred)
+        mean_x0 = clipped.x0 if self.clip_mean else pred.x0
         # 3. x_{t-1} = mu tilde + sigma z (Algorithm 2, line 4); z = 0 at the last step
-        x_prev = self.coef("x0", t) * pred.x0 + self.coef("xt", t) * x_t
+        x_prev = self.coef("x0", t) * mean_x0 + self.coef("xt", t) * x_t
         if self.prev_timestep(t) >= 0:
             if noise is None:
                 noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
             x_prev = x_prev + self.coef("std", t) * noise
-        return StepOutput(x_prev, pred.x0)
+        return StepOutput(x_prev, clipped.x0)
