@@ -136,6 +136,9 @@ class DiffusionModule(L.LightningModule):
         self._lr_scheduler = lr_scheduler
         self.val_loss = MeanMetric()
         self.val_loss_quartiles = nn.ModuleList(MeanMetric() for _ in range(NUM_QUARTILES))
+        # Build the default sampler once now: a bad option (sampler.eta=-1, an unknown diffusers
+        # scheduler option) fails here, before training, not at the first validation.
+        self.make_sampler()
 
     # ---- the model -----------------------------------------------------------------------
     @property

@@ -103,19 +103,28 @@ class Sampler:
     def set_timesteps(self, num_steps: int | None = None) -> torch.Tensor:
         """Choose `num_steps` timesteps (all T when None) and precompute the step coefficients."""
         T = self.num_train_timesteps
-        ts = make_timesteps(T, T if num_steps is None else num_steps, self.spacing)
+        ts = self.choose_timesteps(T if num_steps is None else num_steps)
         self.timesteps = ts
+        # -1 after the last step: the data (the loop then pastes an inpainting's known region exactly)
         self.prev_timesteps = torch.cat([ts[1:], ts.new_tensor([-1])])
         self._index = {int(t): i for i, t in enumerate(ts)}
         abar = self.process.alphas_cumprod_f64
-        abar_t = abar[ts]
-        abar_prev = torch.where(self.prev_timesteps >= 0, abar[self.prev_timesteps.clamp(min=0)], 1.0)
+        final = abar.new_tensor([self.final_alphas_cumprod()])
+        abar_prev = torch.cat([abar[ts[1:]], final])
         device = self.process.betas.device
         self._coefs = {
             k: v.to(device=device, dtype=torch.float32)
-            for k, v in self.coefficients(abar_t, abar_prev).items()
+            for k, v in self.coefficients(abar[ts], abar_prev).items()
         }
         return ts
+
+    def choose_timesteps(self, num_steps: int) -> torch.Tensor:
+        """The n timesteps visited, descending (`make_timesteps` with this sampler's spacing)."""
+        return make_timesteps(self.num_train_timesteps, num_steps, self.spacing)
+
+    def final_alphas_cumprod(self) -> float:
+        """abar after the last step: 1, the clean data (diffusers' `set_alpha_to_one=True`)."""
+        return 1.0
 
     def coefficients(self, abar_t: torch.Tensor, abar_prev: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-step coefficient tables (float64, shape (n,)) from abar at t and t_prev."""

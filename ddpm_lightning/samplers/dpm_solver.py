@@ -95,22 +95,14 @@ class DPMSolverSampler(Sampler):
     def set_timesteps(self, num_steps: int | None = None) -> torch.Tensor:
         """As `Sampler.set_timesteps`, with diffusers' DPM-Solver timesteps and final sigma; also
         forgets the x0_hat history."""
-        T = self.num_train_timesteps
-        ts = dpm_solver_timesteps(T, T if num_steps is None else num_steps, self.spacing)
-        self.timesteps = ts
-        # -1 after the last step: the loop (inpainting) then pastes the known region exactly
-        self.prev_timesteps = torch.cat([ts[1:], ts.new_tensor([-1])])
-        self._index = {int(t): i for i, t in enumerate(ts)}
-        abar = self.process.alphas_cumprod_f64
-        final = 1.0 if self.final_sigma == "zero" else float(abar[0])
-        abar_prev = torch.cat([abar[ts[1:]], abar.new_tensor([final])])
-        device = self.process.betas.device
-        self._coefs = {
-            k: v.to(device=device, dtype=torch.float32)
-            for k, v in self.coefficients(abar[ts], abar_prev).items()
-        }
         self._history = None
-        return ts
+        return super().set_timesteps(num_steps)
+
+    def choose_timesteps(self, num_steps: int) -> torch.Tensor:
+        return dpm_solver_timesteps(self.num_train_timesteps, num_steps, self.spacing)
+
+    def final_alphas_cumprod(self) -> float:
+        return 1.0 if self.final_sigma == "zero" else float(self.process.alphas_cumprod_f64[0])
 
     def coefficients(self, abar_t, abar_prev):
         alpha_t, sigma_t = abar_t.sqrt(), (1 - abar_t).sqrt()
