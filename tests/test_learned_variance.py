@@ -286,3 +286,19 @@ def test_networks_double_their_output_channels_for_a_learned_variance(make_cfg):
 
     cfg = fill_shape_keys({"dim": None, "out_dim": None}, (2,), output_factor=2)
     assert cfg == {"dim": 2, "out_dim": 4} and MLPDenoiser(**cfg)(torch.randn(3, 2), torch.tensor([0, 1, 2])).shape == (3, 4)
+
+
+@pytest.mark.slow
+def test_learned_variance_benchmark_runs_at_smoke_size(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "lv.md"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "learned_variance.py"), "--smoke", "--markdown", str(out)],
+                          cwd=root, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = out.read_text()
+    assert "bits/dim" in table and "DDPM 5 steps" in table
