@@ -32,16 +32,16 @@ from torchmetrics import MeanMetric
 
 from ddpm_lightning.distributed import seed_rank
 from ddpm_lightning.errors import user_errors
-from ddpm_lightning.noise import fixed_noise
 from ddpm_lightning.denoiser import Cond, Denoiser
 from ddpm_lightning.losses import DiffusionLoss
 from ddpm_lightning.networks.build import check_network, fill_shape_keys
-from ddpm_lightning.timestep_samplers import LossSecondMomentSampler
-from ddpm_lightning.variance import output_channels_factor
+from ddpm_lightning.noise import fixed_noise
 from ddpm_lightning.parameterizations import Parameterization
 from ddpm_lightning.process import DiffusionProcess, randn
 from ddpm_lightning.samplers import Sampler, get_sampler
 from ddpm_lightning.sampling import SampleOutput, denoising_loop
+from ddpm_lightning.timestep_samplers import LossSecondMomentSampler
+from ddpm_lightning.variance import output_channels_factor
 
 NUM_QUARTILES = 4  # val/loss_q0..q3: loss by timestep quartile, as improved-diffusion logs it
 
