@@ -2,7 +2,7 @@
 
     python -m ddpm_lightning.evaluate ckpt=PATH metric=fid sampler=ddim sampler.num_steps=50 n=10000
     python -m ddpm_lightning.evaluate metric=fid samples=A.npz ref=B.npz out=result.json
-    python -m ddpm_lightning.evaluate metric=[fid,kid] samples=A.npz data=digits
+    python -m ddpm_lightning.evaluate 'metric=[fid,kid]' samples=A.npz data=digits
     python -m ddpm_lightning.evaluate metric=bpd ckpt=PATH split=val n=1000 timesteps=100
     python -m ddpm_lightning.evaluate -m ckpt=PATH sampler=ddim,ddpm sampler.num_steps=10,50
 
