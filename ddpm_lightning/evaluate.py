@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm_lightning.checkpoint_file import load_module
 from ddpm_lightning.cli import compose, is_multirun, job_dir, run_command, sampler_spec, sampler_summary
 from ddpm_lightning.evaluation_inputs import check_same_shape, get_datamodule, load_array_file
 from ddpm_lightning.host_malloc import set_host_malloc
@@ -151,8 +152,6 @@ def run_fid(args: dict[str, Any]) -> dict[str, Any]:
         fake_images = fake_images[:n]
         result["samples"] = {"source": "npz", "path": str(args["samples"]), "n": n}
     else:
-        from ddpm_lightning.sample import load_module
-
         module = load_module(args["ckpt"], str(device))
         fake_shape = tuple(module.data_shape)
         n = args["n"] or DEFAULT_N
@@ -235,7 +234,6 @@ def run_fid(args: dict[str, Any]) -> dict[str, Any]:
 # ---- bits/dim -------------------------------------------------------------------------------
 def run_bpd(args: dict[str, Any]) -> dict[str, Any]:
     from ddpm_lightning.likelihood import bits_per_dim
-    from ddpm_lightning.sample import load_module
 
     if not args["ckpt"]:
         raise ValueError("metric=bpd needs ckpt=PATH: bits/dim is a property of a model")
@@ -266,6 +264,10 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     set_host_malloc(args["host_malloc"])  # CPU sampling steps fault their memory back in otherwise
     start = time.perf_counter()
     result = run_bpd(args) if args["metric"] == ["bpd"] else run_fid(args)
+    bad = {k: result[k] for k in ("fid", "kid", "kid_std", "bpd") if k in result and not math.isfinite(result[k])}
+    if bad:
+        raise ValueError(f"the result is not finite ({', '.join(f'{k}={v}' for k, v in bad.items())}): NaN/Inf samples, "
+                         "features or model outputs (a diverged checkpoint?); nothing was written")
     result["seconds"] = round(time.perf_counter() - start, 1)
     shown = {k: v for k, v in result.items() if k not in ("timesteps", "terms_bpd")}  # long lists: file only
     print(json.dumps(shown, indent=2))

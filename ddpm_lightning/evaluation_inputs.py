@@ -4,6 +4,8 @@ checkpoint; and the checks that the two sides of a comparison have one shape."""
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ def load_array_file(path: str | Path, what: str) -> torch.Tensor | FeatureStats:
         with np.load(path, allow_pickle=False) as data:
             files = set(data.files)
             arr = data["arr_0"] if "arr_0" in files else None
-    except (OSError, EOFError, ValueError, AttributeError) as err:
+    except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile, zlib.error) as err:
         # not a zip / npy, a pickle, a truncated file: numpy's reason, on one line
         raise ValueError(f"cannot read {what} file {str(path)!r} as .npz: {err}") from None
     if arr is None:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ddpm_lightning.checkpoint_file import load_module
 from ddpm_lightning.cli import compose, job_dir, run_command, sampler_spec
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.noise import fixed_samples, sample_generators
@@ -33,19 +34,6 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{key} must be a positive integer, got {value!r}")
     return value
-
-
-def load_module(ckpt: str | Path, device: str = "auto"):
-    """`DiffusionModule.load_from_checkpoint` with a clear error for a missing file."""
-    from ddpm_lightning.module import DiffusionModule
-
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = DiffusionModule.load_from_checkpoint(path, map_location=device)
-    return module.eval()
 
 
 def load_images(path: str | Path, shape: tuple[int, ...], n: int, kind: str = "image") -> torch.Tensor:

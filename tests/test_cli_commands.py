@@ -148,3 +148,75 @@ def test_kid_real_features_come_from_the_cache_the_second_time(tmp_path):
     second = evaluate_main(args)
     assert second["reference"]["cache"] == "hit"
     assert second["kid"] == first["kid"] and second["fid"] == pytest.approx(first["fid"], rel=1e-9)
+
+
+# ---- files that are not what the commands expect: one line each (issue 17) ---------------------
+class Payload:
+    """A pickle that runs code when loaded without weights_only."""
+
+    def __reduce__(self):
+        return (print, ("PAYLOAD RAN",))
+
+
+def _bad_checkpoints(ckpt: Path, d: Path) -> dict[str, tuple[Path, str]]:
+    raw = ckpt.read_bytes()
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
+    (d / "truncated.ckpt").write_bytes(raw[: len(raw) // 2])
+    (d / "garbage.ckpt").write_bytes(bytes(range(256)) * 20)
+    (d / "empty.ckpt").write_bytes(b"")
+    torch.save(stored["state_dict"], d / "state_dict.pt")
+    torch.save({"model": stored["state_dict"], "epoch": 3}, d / "foreign.pt")
+    renamed = {**stored, "state_dict": {f"other.{k}": v for k, v in stored["state_dict"].items()}}
+    torch.save(renamed, d / "other_network.ckpt")
+    torch.save({"x": Payload()}, d / "payload.pt")
+    return {
+        "truncated": (d / "truncated.ckpt", r"a zip archive cut short at \d+ bytes \(a truncated save\?\)"),
+        "garbage": (d / "garbage.ckpt", "5120 bytes that are not a torch.save zip archive"),
+        "empty": (d / "empty.ckpt", r"is an empty file \(0 bytes\)"),
+        "state_dict": (d / "state_dict.pt", r"a plain state_dict of \d+ tensors \(torch.save\(model.state_dict\(\)\)\)"),
+        "foreign": (d / "foreign.pt", r"a .pt without Lightning's .*its keys: \['epoch', 'model'\]"),
+        "other_network": (d / "other_network.ckpt", r"does not fit the network .* \d+ of its tensors missing .* unexpected \(first: other\."),
+        "payload": (d / "payload.pt", "unpickling them could run code"),
+    }
+
+
+def test_unreadable_foreign_or_mismatched_checkpoints_are_one_line(ckpt, tmp_path):
+    for name, (path, message) in _bad_checkpoints(ckpt, tmp_path).items():
+        with pytest.raises(ValueError, match=message) as err:
+            sample_main([f"ckpt={path}", f"out={tmp_path / name}", "n=2"])
+        assert "expected a checkpoint written by train.py" in str(err.value) or name == "other_network", name
+        assert "\n" not in str(err.value) and not (tmp_path / name).exists(), name
+
+
+def test_a_pickle_payload_never_runs_even_if_the_environment_allows_it(ckpt, tmp_path):
+    path, message = _bad_checkpoints(ckpt, tmp_path)["payload"]
+    env = {**ENV, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    res = subprocess.run([sys.executable, "-m", "ddpm_lightning.evaluate", f"ckpt={path}", "data=digits"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "PAYLOAD RAN" not in res.stdout + res.stderr
+    assert "could run code" in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+
+
+def test_evaluate_refuses_a_nan_result_and_a_truncated_npz(tmp_path):
+    points = np.random.default_rng(0).standard_normal((50, 2)).astype(np.float32)
+    np.savez(tmp_path / "ref.npz", arr_0=points)
+    points[3] = np.nan
+    np.savez(tmp_path / "nan.npz", arr_0=points)
+    out = tmp_path / "r.json"
+    with pytest.raises(ValueError, match=r"the result is not finite \(fid=nan\).*nothing was written"):
+        evaluate_main([f"samples={tmp_path / 'nan.npz'}", f"ref={tmp_path / 'ref.npz'}", f"out={out}", "progress=false"])
+    assert not out.exists()
+    raw = (tmp_path / "ref.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) - 40])
+    with pytest.raises(ValueError, match=r"cannot read samples file .*cut.npz.* as .npz"):
+        evaluate_main([f"samples={tmp_path / 'cut.npz'}", f"ref={tmp_path / 'ref.npz'}", "progress=false"])
+
+
+def test_a_diffusers_scheduler_from_the_command_line(ckpt, tmp_path):
+    args = ["n=3", "sampler=diffusers", "sampler.num_steps=2"]
+    unipc = _samples(ckpt, tmp_path / "a", *args, "sampler.scheduler=UniPCMultistepScheduler")
+    ddim = _samples(ckpt, tmp_path / "b", *args, "sampler.scheduler=DDIMScheduler")
+    assert unipc.shape == ddim.shape == (3, 16, 16, 1)
+    spec = {**sampler_preset("diffusers"), "num_steps": 2, "scheduler": "DDIMScheduler"}
+    expected = fixed_samples(load_module(ckpt, "cpu"), range(3), 0, sampler=spec).samples
+    assert np.array_equal(ddim, to_uint8(expected).permute(0, 2, 3, 1).numpy())
