@@ -24,7 +24,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
@@ -79,7 +79,7 @@ def sampler_summary(spec: Mapping[str, Any]) -> dict[str, Any]:
 # ---- Hydra's errors as one line ----------------------------------------------------------------
 def _valid_keys(config_name: str, key: str) -> str:
     if key.startswith("sampler."):
-        return f"sampler options: {sampler_option_names()} (another one: +sampler.KEY=VALUE)"
+        return f"sampler options: {sampler_option_names()} (any other: +sampler.KEY=VALUE)"
     top = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     return f"{sorted(k for k in top if k not in ('defaults', 'hydra', 'task_name'))}, sampler.KEY; see --help"
 
@@ -95,7 +95,7 @@ def hydra_user_errors(config_name: str) -> Iterator[None]:
         if err.options and group:
             raise ValueError(f"unknown {group}={name!r}; choose one of {sorted(err.options)}") from None
         raise ValueError(_one_line(err)) from None
-    except HydraException as err:
+    except (ConfigCompositionException, OverrideParseException) as err:  # not errors of the job itself
         cause = err.__cause__
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):  # a key not in the config
             key = cause.full_key or cause.key
