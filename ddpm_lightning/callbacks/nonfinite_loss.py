@@ -47,13 +47,16 @@ class NonFiniteLoss(Callback):
     Args:
         policy: "stop" or "skip".
         lr_key: the config key named in the message as the first thing to lower.
+        read_every_step: `stop` reads the loss on the host at every step (True) or only at the
+            boundaries above (False); None: every step where that is free, a loss on the CPU.
     """
 
-    def __init__(self, policy: str = "stop", lr_key: str = "optimizer.lr") -> None:
+    def __init__(self, policy: str = "stop", lr_key: str = "optimizer.lr", read_every_step: bool | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"nan_policy must be one of {', '.join(POLICIES)}; got {policy!r}")
         self.policy = policy
         self.lr_key = lr_key
+        self.read_every_step = read_every_step
         self.skipped_steps = 0
         self._bad_now = False  # skip: a micro-batch of the coming optimizer step had a bad loss
         self._first_step: torch.Tensor | None = None  # device record: first bad step (-1: none) ...
@@ -76,7 +79,7 @@ class NonFiniteLoss(Callback):
         take = bad & (self._first_step < 0)  # (,) bool, on the loss's device
         self._first_step = torch.where(take, trainer.global_step, self._first_step)
         self._first_loss = torch.where(take, loss.float(), self._first_loss)
-        if loss.device.type == "cpu":
+        if self.read_every_step or (self.read_every_step is None and loss.device.type == "cpu"):
             self.raise_if_nonfinite(trainer)  # free on the CPU: stop before this step changes anything
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
@@ -126,9 +129,16 @@ class NonFiniteLoss(Callback):
             )
 
     def _causes(self, trainer: L.Trainer) -> str:
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        causes = ["a learning rate too high"]
+        if trainer.optimizers:
+            group = trainer.optimizers[0].param_groups[0]
+            base = group.get("initial_lr", group["lr"])  # LR schedulers keep the configured value there
+            now = f"; {group['lr']:g} at that point" if group["lr"] != base else ""
+            causes[0] += f" ({self.lr_key}={base:g}{now})"
         precision = str(trainer.precision)
-        amp = f", fp16 overflow (trainer.precision={precision}: try bf16-mixed)" if precision.startswith("16") else ""
-        lr_text = f" ({self.lr_key}: lr {lr:g} at that point)" if lr is not None else ""
-        return (f"Likely causes: a learning rate too high{lr_text}{amp}, no gradient clipping"
-                f" (trainer.gradient_clip_val), or NaN/Inf in the data; nan_policy=skip skips such steps instead")
+        if precision.startswith("16"):
+            causes.append(f"fp16 overflow (trainer.precision={precision}: try bf16-mixed)")
+        if not trainer.gradient_clip_val:
+            causes.append("no gradient clipping (trainer.gradient_clip_val)")
+        causes.append("NaN/Inf in the data")
+        return f"Likely causes: {', '.join(causes)}; nan_policy=skip skips such steps instead"
