@@ -79,8 +79,16 @@ class NonFiniteLoss(Callback):
         take = bad & (self._first_step < 0)  # (,) bool, on the loss's device
         self._first_step = torch.where(take, trainer.global_step, self._first_step)
         self._first_loss = torch.where(take, loss.float(), self._first_loss)
-        if self.read_every_step or (self.read_every_step is None and loss.device.type == "cpu"):
-            self.raise_if_nonfinite(trainer)  # free on the CPU: stop before this step changes anything
+        if self._reads_every_step(loss) and trainer.world_size == 1:
+            # free on the CPU: stop before this step changes anything. Under DDP the other ranks
+            # are about to all-reduce gradients with this one: all decide together at batch end.
+            self.raise_if_nonfinite(trainer)
+
+    def _reads_every_step(self, loss: torch.Tensor | None = None) -> bool:
+        if self.read_every_step is not None:
+            return self.read_every_step
+        device = loss.device if loss is not None else self._first_step.device
+        return device.type == "cpu"
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if self.policy != "skip":
@@ -95,9 +103,17 @@ class NonFiniteLoss(Callback):
             self.skipped_steps += 1
         pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
+    def state_dict(self) -> dict:
+        return {"skipped_steps": self.skipped_steps}  # a resumed run keeps counting
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped_steps = state_dict.get("skipped_steps", 0)
+
     # ---- checking ----------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+        if self._first_step is not None and (
+            self._reads_every_step() or trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+        ):
             self.raise_if_nonfinite(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -111,22 +127,25 @@ class NonFiniteLoss(Callback):
         # before the file is written: raising here means it never is
         self.raise_if_nonfinite(trainer)
         params = [p.detach() for p in pl_module.parameters()]
-        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        bad = bool(params) and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):  # sharded weights: any rank's shard
             raise NonFiniteLossError(
                 f"the weights are NaN or Inf at step {trainer.global_step} (the gradients overflowed);"
                 f" no checkpoint written. {self._causes(trainer)}"
             )
 
     def raise_if_nonfinite(self, trainer: L.Trainer) -> None:
-        """Raise `NonFiniteLossError` if a non-finite loss was recorded (a host read)."""
+        """Raise `NonFiniteLossError` if a non-finite loss was recorded, on any rank (a host read;
+        under DDP a collective, so every rank calls this at the same points and stops together)."""
         if self._first_step is None:
             return
         step = int(self._first_step)
-        if step >= 0:
-            raise NonFiniteLossError(
-                f"the training loss is {float(self._first_loss)} at step {step}; stopped with no checkpoint"
-                f" after it (nan_policy=stop). {self._causes(trainer)}"
-            )
+        if not trainer.strategy.reduce_boolean_decision(step >= 0, all=False):
+            return
+        value = f"{float(self._first_loss)} at step {step}" if step >= 0 else "NaN or Inf on another rank"
+        raise NonFiniteLossError(
+            f"the training loss is {value}; stopped with no checkpoint after it (nan_policy=stop). {self._causes(trainer)}"
+        )
 
     def _causes(self, trainer: L.Trainer) -> str:
         causes = ["a learning rate too high"]
