@@ -113,7 +113,13 @@ class RunDirGuard(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
         jobs = [p for p in sweep_dir.iterdir() if p.is_dir()] if sweep_dir.is_dir() else []
-        self._guard(config, jobs, None)  # a job's own .hydra/ is written per job; train() checks
+        earlier = [f"{job.name}/{name}/" for job in sorted(jobs) for name in previous_outputs(job)]
+        if earlier and not config.get("overwrite", False) and _first_process():
+            with one_line_errors():
+                raise ValueError(f"sweep directory {str(sweep_dir)!r} already holds runs ({', '.join(earlier[:4])}"
+                                 f"{', ...' if len(earlier) > 4 else ''}); choose another hydra.sweep.dir, or"
+                                 f" overwrite=true to start its jobs over")
+        # each job's own .hydra/ is written per job; train() deletes its earlier outputs
 
     @staticmethod
     def _guard(config: DictConfig, run_dirs: list[Path], output_subdir: str | None) -> None:

@@ -252,6 +252,17 @@ def test_hydra_callback_refuses_before_hydra_writes_and_keeps_the_old_record(tmp
     assert (kept / "config.yaml").read_text() == "old: record\n" and not (tmp_path / ".hydra").exists()
 
 
+def test_hydra_callback_refuses_a_reused_sweep_directory(tmp_path, capsys):
+    (tmp_path / "3" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "3" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "overwrite": False})
+    with pytest.raises(SystemExit):
+        RunDirGuard().on_multirun_start(cfg)
+    assert "already holds runs (3/checkpoints/)" in capsys.readouterr().err
+    cfg.overwrite = True
+    RunDirGuard().on_multirun_start(cfg)  # each job then empties its own directory
+
+
 @pytest.mark.slow  # two launches of train.py (~40 s)
 def test_cli_second_launch_in_the_same_dir_leaves_the_first_run_untouched(tmp_path):
     run_dir = tmp_path / "run"
