@@ -1,11 +1,15 @@
-"""Loggers that never prompt and never block: W&B goes offline when it has no credentials; under
-a Hydra sweep (`-m`, Optuna) each job is its own W&B run, grouped by sweep."""
+"""Loggers that never prompt and never block: W&B goes offline when it has no credentials or its
+server does not answer within a few seconds; under a Hydra sweep (`-m`, Optuna) each job is its
+own W&B run, grouped by sweep."""
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,13 @@ from typing import Any
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# Without an answer from the server, `wandb.init` waits its init_timeout (90 s) and then fails
+# the run; a healthy server answers a HEAD request in well under a second.
+SERVER_TIMEOUT_S = 5.0
+DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 
 def wandb_has_credentials() -> bool:
@@ -27,6 +38,20 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+def wandb_server_unreachable(timeout: float = SERVER_TIMEOUT_S) -> str | None:
+    """Why the W&B server (`WANDB_BASE_URL`) cannot be reached within `timeout` seconds, or None
+    if it answers at all (any HTTP status, even an error, is an answer). Honours proxy settings."""
+    url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        return f"{url} did not answer ({reason})"
+
+
 def wandb_logger(offline: bool | None = None, **kwargs: Any) -> WandbLogger:
     """A `WandbLogger` that is offline unless told otherwise or credentials exist.
 
@@ -35,6 +60,13 @@ def wandb_logger(offline: bool | None = None, **kwargs: Any) -> WandbLogger:
     mode = os.environ.get("WANDB_MODE")
     if offline is None:
         offline = mode in ("offline", "dryrun") or (mode is None and not wandb_has_credentials())
+    if not offline and mode != "disabled":
+        reason = wandb_server_unreachable()
+        if reason:
+            log.warning("W&B server unreachable: %s; logging offline under %s/wandb (upload later with `wandb sync`)",
+                        reason, kwargs.get("save_dir") or ".")
+            offline = True
+            os.environ["WANDB_MODE"] = "offline"
     # never wait on a terminal prompt, even if something asks W&B to log in
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")

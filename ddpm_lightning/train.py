@@ -11,7 +11,7 @@ explained in `ddpm_lightning/distributed.py` and the README.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import signal
 from typing import Any
 
 import hydra
@@ -19,12 +19,16 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning import distributed
+from ddpm_lightning.callbacks.nonfinite_loss import NonFiniteLoss
+from ddpm_lightning.checkpoint_io import check_checkpoint_file
 from ddpm_lightning.errors import one_line_errors, user_errors
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.loggers import finish_runs, name_sweep_runs
+from ddpm_lightning.run_dir import check_run_dir, clear_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,8 @@ def _build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L
     network_cfg = OmegaConf.to_container(cfg.network, resolve=True)  # the module fills its shape keys
     extra = {"optimizer": scaled_optimizer(cfg)} if OmegaConf.select(cfg, "lr_scaling.rule") else {}
     model = instantiate(cfg.model, network=network_cfg, data_shape=list(data_shape), _recursive_=False, **extra)
-    callbacks = instantiate_dict(cfg.get("callbacks"))
+    # not a callbacks node: `callbacks=none` must not switch off the guard against NaN runs
+    callbacks = instantiate_dict(cfg.get("callbacks")) + [NonFiniteLoss(cfg.get("nan_policy", "stop"))]
     for cb in callbacks:  # callbacks with something to verify (e.g. FID weights) do it now
         if hasattr(cb, "check"):
             cb.check(datamodule=datamodule, model=model)
@@ -86,8 +91,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # before the data and the model exist, so that their memory follows the policy too
     set_host_malloc(cfg.get("host_malloc", "system"))
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path {ckpt_path!r} does not exist")
+    if ckpt_path:
+        check_checkpoint_file(ckpt_path)
+    NonFiniteLoss(cfg.get("nan_policy", "stop"))  # a bad nan_policy fails here, before any work
+    run_dir = OmegaConf.select(cfg, "paths.output_dir")
+    earlier = check_run_dir(run_dir, bool(cfg.get("overwrite", False)), ckpt_path) if run_dir else []
     if cfg.get("seed") is not None:
         # the same seed on every rank: identical initial weights (DiffusionModule.on_train_start
         # then reseeds each rank apart for its noise and timesteps)
@@ -99,15 +107,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f" x {trainer.num_devices} device(s) x {trainer.num_nodes} node(s)"
             f" x {trainer.accumulate_grad_batches} accumulation"
         )
+        if earlier and cfg.get("overwrite", False):  # once every input has been checked
+            clear_run_dir(run_dir, earlier)
         try:
             if cfg.get("train", True):
-                trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+                fit(trainer, model, datamodule, ckpt_path)
             if cfg.get("test", False):
                 trainer.validate(model, datamodule=datamodule)
         finally:
             finish_runs(trainer.loggers)  # the next job of a sweep gets its own W&B run
             distributed.wait_for_children(trainer)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def fit(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None) -> None:
+    """`trainer.fit`; on SIGTERM (a preempted or cancelled job) the checkpoint callback has saved
+    the state at the signal, and the process exits with 143 = 128 + SIGTERM, as a process killed by
+    it would, so a scheduler sees a job that did not finish (and SLURM can requeue it)."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "nothing (no checkpoint callback)"
+        rank_zero_info(f"stopped by SIGTERM at step {trainer.global_step}; saved {last}; resume with ckpt_path={last}")
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
