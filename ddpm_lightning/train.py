@@ -11,6 +11,7 @@ explained in `ddpm_lightning/distributed.py` and the README.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Any
 
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lightning import distributed
 from ddpm_lightning.callbacks.nonfinite_loss import NonFiniteLoss
 from ddpm_lightning.checkpoint_io import check_checkpoint_file
+from ddpm_lightning.cli import hydra_user_errors
 from ddpm_lightning.errors import one_line_errors, user_errors
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.loggers import finish_runs, name_sweep_runs
@@ -133,7 +135,7 @@ def fit(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDat
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns `optimized_metric` for sweepers."""
     with one_line_errors():  # a user error found before training: one clear line, no traceback
         metrics = train(cfg)
@@ -141,6 +143,14 @@ def main(cfg: DictConfig) -> float | None:
     if metric and metric not in metrics:
         log.warning("optimized_metric %r was not logged; have %s", metric, sorted(metrics))
     return metrics.get(metric) if metric else None
+
+
+def main() -> None:
+    """`python train.py`: Hydra's own errors (an unknown group option or key, a malformed
+    override) are one line with exit code 2 too, as the sample and evaluate commands' are."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises them instead of printing pages
+    with one_line_errors(), hydra_user_errors("train"):
+        hydra_main()
 
 
 if __name__ == "__main__":
