@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.errors import one_line_errors
 
@@ -40,7 +40,7 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
     if format not in FORMATS:
         raise ValueError(f"unknown format={format!r}; choose one of {list(FORMATS)}")
     out = check_out(out, overwrite)
-    checkpoint = load_checkpoint(ckpt, trust_checkpoint)
+    # the module is built for every format: its hyperparameters must rebuild it before anything is written
     module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu", trust_checkpoint=trust_checkpoint).eval()
     if format == "diffusers":
         check_exportable(module)
@@ -48,8 +48,8 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         if format == "diffusers":
             export_diffusers(module, tmp)
-        elif format == "safetensors":
-            export_safetensors(checkpoint, tmp)
+        elif format == "safetensors":  # the raw checkpoint: EMA and live weights
+            export_safetensors(load_checkpoint(ckpt, trust_checkpoint), tmp)
         else:
             export_onnx(module, tmp)
         out.mkdir(exist_ok=True)
@@ -66,5 +66,9 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     with one_line_errors():
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ValueError(f"missing {', '.join(k + '=' for k in missing)}: python -m ddpm_lightning.export "
+                             f"ckpt=PATH format={'|'.join(FORMATS)} out=DIR [overwrite=true]")
         out = export(cfg.ckpt, cfg.format, cfg.out, overwrite=bool(cfg.overwrite), trust_checkpoint=bool(cfg.trust_checkpoint))
     print(f"wrote {cfg.format} export to {out}")

@@ -47,8 +47,13 @@ class PretrainedUNet(UNet):
 
         folder = unet_folder(path)
         nn.Module.__init__(self)  # not UNet.__init__: the model is loaded, not built from arguments
-        self.unet = UNet2DModel.from_pretrained(folder)
+        # low_cpu_mem_usage=False: the plain load (the fast path needs `accelerate`, and says so)
+        self.unet = UNet2DModel.from_pretrained(folder, low_cpu_mem_usage=False)
         config = self.unet.config
+        if config.num_class_embeds is not None or config.class_embed_type is not None:
+            # the network contract passes no class labels yet (conditioning is a later issue)
+            raise ValueError(f"the UNet in {folder} is class-conditional (num_class_embeds={config.num_class_embeds}, "
+                             f"class_embed_type={config.class_embed_type!r}); only unconditional UNets can be fine-tuned so far")
         size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
         for key, given, theirs in (("in_channels", in_channels, config.in_channels),
                                    ("out_channels", out_channels, config.out_channels),
