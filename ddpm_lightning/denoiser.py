@@ -28,6 +28,7 @@ from torch import nn
 
 from ddpm_lightning.parameterizations import Parameterization, Prediction, get_parameterization
 from ddpm_lightning.process import DiffusionProcess
+from ddpm_lightning.variance import check_variance, learned_log_variance, split_output
 
 Cond = Mapping[str, Any] | None
 
@@ -49,6 +50,8 @@ class Denoiser(nn.Module):
         network: an `nn.Module` (or any callable) with the contract of the module docstring.
         process: the forward process whose schedule the parameterization converts with.
         parameterization: "epsilon", "x0", "mu", "v" or a `Parameterization`.
+        variance: "fixed" (the network predicts the mean only), or "learned" / "learned_range"
+            (it outputs 2C channels, the second half the variance: `ddpm_lightning.variance`).
         channels_last: hand 4-D inputs to the network in channels-last memory format.
     """
 
@@ -58,12 +61,14 @@ class Denoiser(nn.Module):
         process: DiffusionProcess,
         parameterization: str | Parameterization = "epsilon",
         channels_last: bool = False,
+        variance: str = "fixed",
     ) -> None:
         super().__init__()
         self.network = network
         self.process = process
         self.parameterization = get_parameterization(parameterization)
         self.channels_last = channels_last
+        self.variance = check_variance(variance)
 
     def network_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond = None) -> torch.Tensor:
         """The raw network output for x_t at timesteps t (B,): what the training loss compares
@@ -75,9 +80,19 @@ class Denoiser(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int | float, cond: Cond = None) -> Prediction:
         """Prediction(x0, eps) of the clean sample and the noise in x_t at timesteps t."""
         t = as_timesteps(t, x_t.shape[0], x_t.device)
-        # the conversion runs in float32 at least, whatever precision the network ran in
-        output = self.network_output(x_t, t, cond).float()
-        return self.parameterization.predict(self.process, x_t, t, output)
+        output = self.network_output(x_t, t, cond)
+        # the conversion runs in float32 at least, whatever precision the network ran in (bf16
+        # autocast), and in float64 for a float64 network
+        return self.prediction(x_t, t, output.to(torch.promote_types(output.dtype, torch.float32)))
+
+    def prediction(self, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> Prediction:
+        """The Prediction from a raw network output (B, C or 2C, ...) at timesteps t (B,)."""
+        mean_out, var_out = split_output(output, self.variance)
+        pred = self.parameterization.predict(self.process, x_t, t, mean_out)
+        if var_out is None:
+            return pred
+        log_var, frac = learned_log_variance(self.process, t, var_out, self.variance)
+        return pred._replace(log_var=log_var, var_frac=frac)
 
     def at_sigma(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Cond = None) -> Prediction:
         """The same prediction in the variance-exploding view of Karras et al. 2022 (eq. 1-2 with
@@ -90,4 +105,4 @@ class Denoiser(nn.Module):
         return self(x * scale, t, cond)
 
     def extra_repr(self) -> str:
-        return f"parameterization={self.parameterization.name!r}"
+        return f"parameterization={self.parameterization.name!r}, variance={self.variance!r}"

@@ -8,9 +8,10 @@ is the paper's step t + 1):
     L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), t >= 1  Gaussians, eq. 6-7
     L_0     = -log p(x_0 | x_1)                                     the discretized decoder, sec. 3.3
 
-The model's p(x_{t-1} | x_t) is the posterior q(. | x_t, x0_hat) at the model's x0_hat, with a
-fixed variance: beta tilde_t ("fixed_small", the posterior variance) or beta_t ("fixed_large"),
-log-variances clipped at t = 0 as improved-diffusion does. The decoder L_0 is a Gaussian
+The model's p(x_{t-1} | x_t) is the posterior q(. | x_t, x0_hat) at the model's x0_hat, with the
+model's learned variance (Nichol & Dhariwal 2021) or a fixed one: beta tilde_t ("fixed_small",
+the posterior variance) or beta_t ("fixed_large"), log-variances clipped at t = 0 as
+improved-diffusion does. The terms are in `ddpm_lightning/vlb.py`. The decoder L_0 is a Gaussian
 integrated over the 256 bins of an 8-bit pixel on [-1, 1] (improved-diffusion's
 `discretized_gaussian_log_likelihood`, with the exact normal CDF instead of its tanh
 approximation), so the data is rounded to 8 bits first: bits/dim is a property of 8-bit images.
@@ -41,96 +42,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm_lightning.process import DiffusionProcess, extract
-
-VARIANCES = ("fixed_small", "fixed_large")
-NUM_BINS = 256  # 8-bit pixels
-LOG2 = math.log(2.0)
-
-
-# ---- closed forms ---------------------------------------------------------------------------
-def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
-    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats (broadcasts)."""
-    mean1, logvar1, mean2, logvar2 = (torch.as_tensor(v) for v in (mean1, logvar1, mean2, logvar2))
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
-    """log P(x) elementwise (nats) for x on the 256 levels of [-1, 1] under a Gaussian of mean
-    `means` and log standard deviation `log_scales`, integrated over each level's bin of width
-    2/255; the edge bins extend to -inf and +inf, so the probabilities of the 256 levels sum to 1
-    (improved-diffusion's `discretized_gaussian_log_likelihood`, DDPM sec. 3.3)."""
-    if x.shape != means.shape:
-        raise ValueError(f"x and means must have the same shape, got {tuple(x.shape)} and {tuple(means.shape)}")
-    centred = x - means
-    inv_std = torch.exp(-log_scales)
-    upper = inv_std * (centred + 1.0 / 255.0)  # standardised bin edges
-    lower = inv_std * (centred - 1.0 / 255.0)
-    log_cdf_upper = torch.special.log_ndtr(upper)  # log P(X <= upper edge): the lowest bin
-    log_sf_lower = torch.special.log_ndtr(-lower)  # log P(X > lower edge): the highest bin
-    delta = torch.special.ndtr(upper) - torch.special.ndtr(lower)
-    log_delta = torch.log(delta.clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, log_delta))
-
-
-def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] data rounded to the nearest of the 256 levels -1 + 2k/255 (as a PNG stores it)."""
-    return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 127.5 - 1.0
-
-
-def _mean_flat(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).mean(1)  # (B, ...) -> (B,)
-
-
-def model_log_variance(process: DiffusionProcess, t: torch.Tensor, shape, variance: str = "fixed_small") -> torch.Tensor:
-    """log of the model's fixed variance at timesteps t, shaped to broadcast against `shape`.
-
-    fixed_small: log beta tilde_t (clipped to beta tilde_1 at t = 0, as the process stores it);
-    fixed_large: log beta_t, with beta tilde_1 at t = 0 (improved-diffusion's choice, so the
-    decoder's width is the same for both)."""
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {list(VARIANCES)}")
-    if variance == "fixed_small":
-        return extract(process.posterior_log_variance_clipped, t, shape)
-    log_var = torch.log(torch.cat([process.posterior_variance[1:2], process.betas[1:]]))
-    return extract(log_var, t, shape)
-
-
-def prior_bpd(process: DiffusionProcess, x0: torch.Tensor) -> torch.Tensor:
-    """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, per example (B,)."""
-    t = torch.full((x0.shape[0],), process.num_timesteps - 1, device=x0.device, dtype=torch.long)
-    mean = extract(process.sqrt_alphas_cumprod, t, x0.shape) * x0
-    log_var = extract(process.log_one_minus_alphas_cumprod, t, x0.shape)
-    kl = normal_kl(mean, log_var, torch.zeros_like(mean), torch.zeros_like(mean))
-    return _mean_flat(kl) / LOG2
-
-
-def vb_term_bpd(
-    module: nn.Module,
-    x0: torch.Tensor,
-    t: torch.Tensor,
-    noise: torch.Tensor | None = None,
-    variance: str = "fixed_small",
-    clip_denoised: bool = False,
-) -> torch.Tensor:
-    """The bound's term at timesteps t, in bits/dim, per example (B,): the decoder NLL L_0
-    where t == 0, the KL L_{t-1} elsewhere. `module` is a DiffusionModule (its `denoiser`) or a
-    `Denoiser` itself."""
-    denoiser = getattr(module, "denoiser", module)
-    process: DiffusionProcess = denoiser.process
-    x_t, _ = process.q_sample(x0, t, noise=noise)
-    # 1. the model's x0_hat, and p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x0_hat) with fixed variance
-    pred = denoiser(x_t, t)
-    x0_hat = pred.x0.clamp(-1.0, 1.0) if clip_denoised else pred.x0
-    model_mean, _, _ = process.q_posterior(x0_hat, x_t, t)
-    model_log_var = model_log_variance(process, t, x_t.shape, variance)
-    # 2. L_{t-1}: KL between the true posterior (DDPM eq. 6-7) and the model, eq. 5
-    true_mean, _, true_log_var = process.q_posterior(x0, x_t, t)
-    kl = _mean_flat(normal_kl(true_mean, true_log_var, model_mean, model_log_var)) / LOG2
-    # 3. L_0: -log p(x_0 | x_1) under the discretized Gaussian decoder (sec. 3.3)
-    log_p = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var.expand_as(x0))
-    decoder_nll = -_mean_flat(log_p) / LOG2
-    return torch.where(t == 0, decoder_nll, kl)
+from ddpm_lightning.process import DiffusionProcess
+from ddpm_lightning.variance import FIXED_VARIANCES as VARIANCES
+from ddpm_lightning.vlb import (  # noqa: F401  (the closed forms, importable from here as before)
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    prior_bpd,
+    quantize_8bit,
+    vb_term_bpd,
+)
 
 
 def timestep_blocks(T: int, num_timesteps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +117,8 @@ def bits_per_dim(
         num_timesteps: None: all T terms (exact bound); K < T: an estimate from K terms.
         batch_size: batch size when `data` is a tensor.
         max_images: stop after this many images.
-        variance: the model's fixed variance, "fixed_small" or "fixed_large".
+        variance: the fixed variance, "fixed_small" or "fixed_large", of a model that does not
+            learn its own (a learned variance is used when the model has one).
         clip_denoised: clamp x0_hat to [-1, 1] before the posterior mean. Off by default: the
             bound is then the one of the model as it is. improved-diffusion's `image_nll.py`
             clips for epsilon / x0 models but never changes a mu (PREVIOUS_X) model's mean,
@@ -217,7 +138,9 @@ def bits_per_dim(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}")
-    process: DiffusionProcess = getattr(module, "denoiser", module).process
+    denoiser = getattr(module, "denoiser", module)
+    process: DiffusionProcess = denoiser.process
+    learned = getattr(denoiser, "variance", "fixed")  # a learned variance replaces `variance`
     T = process.num_timesteps
     starts, stops = timestep_blocks(T, num_timesteps)
     param = next(module.parameters(), None)
@@ -289,5 +212,5 @@ def bits_per_dim(
         "num_timesteps": T,
         "timesteps": [[a, b] for a, b in zip(starts.tolist(), stops.tolist())],
         "terms_bpd": terms.tolist(),
-        "variance": variance,
+        "variance": variance if learned == "fixed" else learned,
     }

@@ -13,12 +13,19 @@ objective whichever of epsilon / x0 / mu / v the network predicts (exactly so fo
   Salimans & Ho 2022 sec. 4);
 * `min_snr`: x_0 error weighted by min(SNR(t), gamma) (Hang et al. 2023, eq. 12; gamma = 5).
 
-`DiffusionLoss` holds these options as one object (the `loss` config group, `conf/loss/`).
+`DiffusionLoss` holds these options as one object (the `loss` config group, `conf/loss/`), with
+two more types for a model that learns its variance (Nichol & Dhariwal 2021, sec. 3.1):
+
+* `hybrid`: L_simple + lambda L_vlb with lambda = 0.001, the mean's gradient stopped inside
+  L_vlb so that it only trains the variance (their eq. 16). L_vlb = sum_t L_t is estimated as
+  T L_t at the sampled t, so the term is (T / 1000) L_t (improved-diffusion's RESCALED_MSE);
+* `vlb`: L_vlb alone, T L_t, with timesteps importance-sampled by their loss history
+  (`ddpm_lightning.timestep_samplers`, their sec. 3.3).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,8 +34,12 @@ import torch.nn.functional as F
 
 from ddpm_lightning.parameterizations import Parameterization
 from ddpm_lightning.process import DiffusionProcess
+from ddpm_lightning.variance import split_output
+from ddpm_lightning.vlb import CDFS, vb_terms_from_prediction
 
-LOSS_TYPES = ("mse", "l1", "huber")
+LOSS_TYPES = ("mse", "l1", "huber", "hybrid", "vlb")
+VB_TYPES = ("hybrid", "vlb")  # need the variational bound's terms, hence a learned variance
+HYBRID_LAMBDA = 1e-3  # Nichol & Dhariwal 2021, sec. 3.1
 WEIGHTINGS = ("none", "snr", "snr_plus_one", "min_snr")
 
 
@@ -67,7 +78,7 @@ def per_sample_loss(
     output: torch.Tensor, target: torch.Tensor, loss_type: str = "mse", huber_delta: float = 1.0
 ) -> torch.Tensor:
     """Mean over all but the batch dimension of the elementwise distance: (B, ...) -> (B,)."""
-    if loss_type == "mse":
+    if loss_type in ("mse", "hybrid"):  # hybrid: L_simple is the MSE part
         err = F.mse_loss(output, target, reduction="none")
     elif loss_type == "l1":
         err = F.l1_loss(output, target, reduction="none")
@@ -103,19 +114,24 @@ class DiffusionLoss:
     target, t) -> (B,)` (see `diffusion_loss`).
 
     Args:
-        type: "mse", "l1" or "huber".
+        type: "mse", "l1", "huber", or, for a learned variance, "hybrid" or "vlb".
         weighting: "none", "snr", "snr_plus_one" or "min_snr" (module docstring).
         min_snr_gamma: gamma of min-SNR weighting (Hang et al. 2023 use 5).
         huber_delta: where the Huber loss turns from quadratic to linear.
+        decoder_cdf: the normal CDF of the L_0 decoder term of hybrid / vlb: "exact", or "tanh",
+            the approximation of Ho et al.'s and improved-diffusion's code (their numbers exactly).
     """
 
     type: str = "mse"
     weighting: str = "none"
     min_snr_gamma: float = 5.0
     huber_delta: float = 1.0
+    decoder_cdf: str = "exact"
 
     def __post_init__(self) -> None:
         check_loss_options(self.type, self.weighting, self.min_snr_gamma, self.huber_delta)
+        if self.decoder_cdf not in CDFS:
+            raise ValueError(f"unknown loss.decoder_cdf {self.decoder_cdf!r}; choose one of {list(CDFS)}")
 
     @classmethod
     def from_spec(cls, spec: DiffusionLoss | Mapping[str, Any] | None = None, **overrides: Any) -> DiffusionLoss:
@@ -134,7 +150,50 @@ class DiffusionLoss:
     def spec(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def needs_learned_variance(self) -> bool:
+        return self.type in VB_TYPES
+
+    def check(self, variance: str, data_shape: Sequence[int] | None) -> None:
+        """Refuse a loss that cannot train this model, before any work."""
+        if self.needs_learned_variance and variance == "fixed":
+            raise ValueError(
+                f"loss.type={self.type} trains a learned variance (Nichol & Dhariwal 2021) but variance=fixed; "
+                "use variance=learned_range (or learned), or a loss of type mse, l1 or huber"
+            )
+        if variance != "fixed" and not self.needs_learned_variance:
+            raise ValueError(
+                f"variance={variance} needs loss.type=hybrid or vlb: with loss.type={self.type} the "
+                "variance output gets no gradient"
+            )
+        if self.type == "vlb" and self.weighting != "none":
+            raise ValueError(f"loss.type=vlb is the variational bound itself: loss.weighting must be none, got {self.weighting!r}")
+        if self.needs_learned_variance and data_shape is not None and len(data_shape) != 3:
+            raise ValueError(
+                f"loss.type={self.type} has a decoder term over 8-bit pixels: it needs images (C, H, W), "
+                f"the data has shape {tuple(data_shape)}"
+            )
+
     def __call__(self, process, parameterization, output, target, t) -> torch.Tensor:
+        """The loss of a mean-only output against the parameterization's target (B,)."""
         return diffusion_loss(process, parameterization, output, target, t, loss_type=self.type,
                               weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
                               huber_delta=self.huber_delta)
+
+    def training_loss(self, denoiser, x0: torch.Tensor, x_t: torch.Tensor, noise: torch.Tensor,
+                      t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The per-sample training loss (B,) of a `Denoiser`'s raw output at (x_t, t)."""
+        process, param = denoiser.process, denoiser.parameterization
+        T = process.num_timesteps
+        if self.type == "vlb":  # L_vlb ~ T L_t (improved-diffusion's RESCALED_KL)
+            pred = denoiser.prediction(x_t, t, output.to(torch.promote_types(output.dtype, torch.float32)))
+            return T * vb_terms_from_prediction(process, x0, x_t, t, pred, cdf=self.decoder_cdf)
+        mean_out, var_out = split_output(output, denoiser.variance)
+        loss = self(process, param, mean_out, param.target(process, x0, noise, t, x_t), t)
+        if self.type == "hybrid":
+            # L_vlb with the mean frozen: it trains only the variance (their eq. 16)
+            frozen = torch.cat([mean_out.detach(), var_out], dim=1)
+            frozen = frozen.to(torch.promote_types(frozen.dtype, torch.float32))
+            vb = vb_terms_from_prediction(process, x0, x_t, t, denoiser.prediction(x_t, t, frozen), cdf=self.decoder_cdf)
+            loss = loss + HYBRID_LAMBDA * T * vb
+        return loss

@@ -32,13 +32,16 @@ from torchmetrics import MeanMetric
 
 from ddpm_lightning.distributed import seed_rank
 from ddpm_lightning.errors import user_errors
-from ddpm_lightning.noise import fixed_noise
 from ddpm_lightning.denoiser import Cond, Denoiser
 from ddpm_lightning.losses import DiffusionLoss
+from ddpm_lightning.networks.build import check_network, fill_shape_keys
+from ddpm_lightning.noise import fixed_noise
 from ddpm_lightning.parameterizations import Parameterization
 from ddpm_lightning.process import DiffusionProcess, randn
 from ddpm_lightning.samplers import Sampler, get_sampler
 from ddpm_lightning.sampling import SampleOutput, denoising_loop
+from ddpm_lightning.timestep_samplers import LossSecondMomentSampler
+from ddpm_lightning.variance import output_channels_factor
 
 NUM_QUARTILES = 4  # val/loss_q0..q3: loss by timestep quartile, as improved-diffusion logs it
 
@@ -80,6 +83,9 @@ class DiffusionModule(L.LightningModule):
         compile: `torch.compile` the network in place at fit time.
         channels_last: keep images in channels-last memory format (faster convolutions on GPUs
             with tensor cores).
+        variance: "fixed", "learned" or "learned_range" (Nichol & Dhariwal 2021: the network
+            outputs 2C channels, `ddpm_lightning.variance`); a learned one trains with
+            `loss.type=hybrid` or `vlb`.
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class DiffusionModule(L.LightningModule):
         data_shape: Sequence[int] | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        variance: str = "fixed",
         loss_type: str | None = None,
         loss_weighting: str | None = None,
         min_snr_gamma: float | None = None,
@@ -103,6 +110,10 @@ class DiffusionModule(L.LightningModule):
         optimizer, lr_scheduler = _plain(optimizer), _plain(lr_scheduler)
         legacy = {"type": loss_type, "weighting": loss_weighting, "min_snr_gamma": min_snr_gamma}
         loss_fn = DiffusionLoss.from_spec(_plain(loss), **{k: v for k, v in legacy.items() if v is not None})
+        factor = output_channels_factor(variance)
+        loss_fn.check(variance, data_shape)
+        if isinstance(network, Mapping) and data_shape is not None:
+            network = fill_shape_keys(network, data_shape, factor)  # null channels / sizes from the data
 
         if isinstance(schedule, DiffusionProcess):
             process = schedule
@@ -119,6 +130,7 @@ class DiffusionModule(L.LightningModule):
             "data_shape": list(data_shape) if data_shape is not None else None,
             "compile": compile,
             "channels_last": channels_last,
+            "variance": variance,
         }
         for name, value in {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}.items():
             if isinstance(value, Mapping):
@@ -126,12 +138,16 @@ class DiffusionModule(L.LightningModule):
         self.save_hyperparameters(hparams)
 
         self.network: nn.Module = _build(network)
+        if data_shape is not None and isinstance(self.network, nn.Module):
+            check_network(self.network, data_shape, factor)
         self.process = process
         self.loss_fn = loss_fn
+        # L_vlb alone: timesteps importance-sampled by their loss history (Nichol & Dhariwal sec. 3.3)
+        self.timestep_sampler = LossSecondMomentSampler(process.num_timesteps) if loss_fn.type == "vlb" else None
         # The denoiser shares the network and the process (its submodules are these same
         # objects), but it is not registered as a submodule of this module: the state_dict keys
         # stay `network.*` / `process.*`, so checkpoints keep one layout.
-        object.__setattr__(self, "_denoiser", Denoiser(self.network, process, parameterization, channels_last))
+        object.__setattr__(self, "_denoiser", Denoiser(self.network, process, parameterization, channels_last, variance))
         self._optimizer = optimizer
         self._lr_scheduler = lr_scheduler
         self.val_loss = MeanMetric()
@@ -194,12 +210,23 @@ class DiffusionModule(L.LightningModule):
         cond: Cond = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of each example (B,) and the timesteps it was computed at (B,)."""
-        if t is None:
+        weights = None
+        if t is None and self.timestep_sampler is not None and self.training:
+            t, weights = self.timestep_sampler.draw(x0.shape[0], self.device)
+        elif t is None:
             t = self.draw_timesteps(x0.shape[0])
         x_t, noise = self.process.q_sample(x0, t, noise=noise, generator=generator)
-        output = self(x_t, t, cond)
-        target = self.parameterization.target(self.process, x0, noise, t, x_t)
-        return self.loss_fn(self.process, self.parameterization, output, target, t), t
+        loss = self.loss_fn.training_loss(self.denoiser, x0, x_t, noise, t, self(x_t, t, cond))
+        if weights is not None:
+            self.timestep_sampler.update(*self._all_ranks(t, loss.detach()))
+            loss = loss * weights
+        return loss, t
+
+    def _all_ranks(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """The tensors of every DDP rank, concatenated (so that every rank keeps one history)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return list(tensors)
+        return [self.all_gather(x).reshape(-1) for x in tensors]
 
     @staticmethod
     def _images(batch: Any) -> torch.Tensor:

@@ -23,12 +23,14 @@ from ddpm_lightning.process import DiffusionProcess
 
 class Prediction(NamedTuple):
     """The model's estimate of the clean sample and of the noise in x_t, and, for a model that
-    learns its reverse-process variance, the log-variance of p(x_{t-1} | x_t) (None: the
-    sampler's fixed variance)."""
+    learns its reverse-process variance (`ddpm_lightning.variance`), the log-variance of
+    p(x_{t-1} | x_t) and, for `learned_range`, the interpolation fraction f it came from
+    (None: the sampler's fixed variance)."""
 
     x0: torch.Tensor
     eps: torch.Tensor
     log_var: torch.Tensor | None = None
+    var_frac: torch.Tensor | None = None
 
 
 class Parameterization:

@@ -164,39 +164,24 @@ class DiffusionProcess(nn.Module):
         return (lo + w).reshape(log_sigma.shape)
 
     # ---- forward process ------------------------------------------------------------------
-    def q_sample(
-        self,
-        x0: torch.Tensor,
-        t: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Closed-form jump x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), DDPM eq. 4.
         Returns (x_t, noise)."""
-        if noise is None:
-            noise = randn(x0.shape, generator, x0.device, x0.dtype)
-        x_t = (
-            self.at("sqrt_alphas_cumprod", t, x0.shape) * x0
-            + self.at("sqrt_one_minus_alphas_cumprod", t, x0.shape) * noise
-        )
-        return x_t, noise
+        return self._gaussian(x0, t, "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", noise, generator)
 
-    def q_step(
-        self,
-        x_prev: torch.Tensor,
-        t: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward step x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), DDPM
         eq. 2. Returns (x_t, noise)."""
+        return self._gaussian(x_prev, t, "sqrt_alphas", "sqrt_betas", noise, generator)
+
+    def _gaussian(self, x, t, scale: str, std: str, noise, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale_t x + std_t noise, noise), noise ~ N(0, I) drawn unless given."""
         if noise is None:
-            noise = randn(x_prev.shape, generator, x_prev.device, x_prev.dtype)
-        x_t = (
-            self.at("sqrt_alphas", t, x_prev.shape) * x_prev
-            + self.at("betas", t, x_prev.shape).sqrt() * noise
-        )
-        return x_t, noise
+            noise = randn(x.shape, generator, x.device, x.dtype)
+        std_t = self.at("betas", t, x.shape).sqrt() if std == "sqrt_betas" else self.at(std, t, x.shape)
+        return self.at(scale, t, x.shape) * x + std_t * noise, noise
 
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor

@@ -25,7 +25,6 @@ from ddpm_lightning import distributed
 from ddpm_lightning.errors import one_line_errors, user_errors
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.loggers import finish_runs, name_sweep_runs
-from ddpm_lightning.networks import check_network, fill_shape_keys
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +47,9 @@ def _build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L
     distributed.check_scale_out(cfg)
     datamodule = instantiate(cfg.data)
     data_shape = tuple(datamodule.data_shape)
-    network_cfg = fill_shape_keys(OmegaConf.to_container(cfg.network, resolve=True), data_shape)
+    network_cfg = OmegaConf.to_container(cfg.network, resolve=True)  # the module fills its shape keys
     extra = {"optimizer": scaled_optimizer(cfg)} if OmegaConf.select(cfg, "lr_scaling.rule") else {}
     model = instantiate(cfg.model, network=network_cfg, data_shape=list(data_shape), _recursive_=False, **extra)
-    check_network(model.network, data_shape)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     for cb in callbacks:  # callbacks with something to verify (e.g. FID weights) do it now
         if hasattr(cb, "check"):

@@ -18,10 +18,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class MLPDenoiser(nn.Module):
-    """x_t (B, dim) and t -> output (B, dim): residual SiLU MLP blocks conditioned by adding a
-    projected timestep embedding to the hidden state."""
+    """x_t (B, dim) and t -> output (B, out_dim), out_dim = dim unless a learned variance asks
+    for 2 * dim: residual SiLU MLP blocks conditioned by adding a projected timestep embedding
+    to the hidden state."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_embed_dim: int = 64) -> None:
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_embed_dim: int = 64, out_dim: int | None = None) -> None:
         super().__init__()
         if dim is None or dim < 1:
             raise ValueError(
@@ -35,7 +36,8 @@ class MLPDenoiser(nn.Module):
             nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
             for _ in range(depth)
         )
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+        self.out_channels = out_dim or dim  # 2 * dim for a learned variance
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, self.out_channels))
 
     def check_data_shape(self, data_shape: Sequence[int]) -> None:
         if tuple(data_shape) != (self.dim,):
@@ -49,4 +51,4 @@ class MLPDenoiser(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)
-        return self.out(h)  # (B, dim)
+        return self.out(h)  # (B, out_dim)

@@ -46,6 +46,7 @@ class UNet(nn.Module):
             **unet_kwargs,
         )
         self.in_channels = in_channels
+        self.out_channels = out_channels or in_channels  # 2 * in_channels for a learned variance
         self.sample_size = sample_size
 
     @property

@@ -148,7 +148,7 @@ class Sampler:
         else:
             x0 = clip_x0(x0, self.clip_range)
         tt = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
-        return Prediction(x0, self.process.eps_from_x0(x_t, tt, x0))
+        return pred._replace(x0=x0, eps=self.process.eps_from_x0(x_t, tt, x0))
 
     def sample_step(
         self,
