@@ -38,13 +38,16 @@ def ddim_ckpt(tmp_path_factory):
     return out / "checkpoints" / "last.ckpt"
 
 
-def tiny_module(parameterization="epsilon", network="unet", **kwargs) -> DiffusionModule:
+def tiny_module(parameterization="epsilon", network="unet", variance="fixed", **kwargs) -> DiffusionModule:
     torch.manual_seed(0)
+    factor = 1 if variance == "fixed" else 2  # a learned variance doubles the network's outputs
+    if variance != "fixed":
+        kwargs.setdefault("loss", {"type": "hybrid"})  # the loss that trains a learned variance
     if network == "mlp":
-        return DiffusionModule(network_config("mlp", (2,), hidden=16), parameterization=parameterization,
-                               data_shape=(2,), **kwargs)
-    return DiffusionModule(network_config("unet_small", SHAPE, **TINY_UNET), parameterization=parameterization,
-                           data_shape=SHAPE, **kwargs)
+        return DiffusionModule(network_config("mlp", (2,), hidden=16, out_dim=2 * factor), parameterization=parameterization,
+                               variance=variance, data_shape=(2,), **kwargs)
+    return DiffusionModule(network_config("unet_small", SHAPE, **TINY_UNET, out_channels=SHAPE[0] * factor),
+                           parameterization=parameterization, variance=variance, data_shape=SHAPE, **kwargs)
 
 
 def save_ckpt(module: DiffusionModule, path: Path) -> Path:
@@ -160,12 +163,16 @@ def test_safetensors_export_samples_exactly_like_the_checkpoint(ddim_ckpt, tmp_p
 
 
 # ---- ONNX -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("network, parameterization", [("unet", "epsilon"), ("unet", "v"), ("mlp", "mu")])
-def test_onnx_denoiser_equals_pytorch(tmp_path, network, parameterization):
+@pytest.mark.parametrize("network, parameterization, variance",
+                         [("unet", "epsilon", "fixed"), ("unet", "v", "fixed"), ("mlp", "mu", "fixed"),
+                          ("unet", "epsilon", "learned_range"), ("unet", "x0", "learned")])
+def test_onnx_denoiser_equals_pytorch(tmp_path, network, parameterization, variance):
     import onnx
     import onnxruntime as ort
 
-    module = tiny_module(parameterization, network, sampler={"name": "ddim", "num_steps": 5}).eval()
+    module = tiny_module(parameterization, network, variance, sampler={"name": "ddim", "num_steps": 5}).eval()
+    names = {"fixed": ["x0", "eps"], "learned": ["x0", "eps", "log_var"],
+             "learned_range": ["x0", "eps", "log_var", "var_frac"]}[variance]
     path = export_onnx(module, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser.onnx", "schedule.json"]  # no external data
     graph = onnx.load(path)
@@ -183,12 +190,14 @@ def test_onnx_denoiser_equals_pytorch(tmp_path, network, parameterization):
         t = torch.tensor(ts)
         with torch.no_grad():
             want = module.denoiser(x, t)
-        x0, eps = session.run(["x0", "eps"], {"x_t": x.numpy(), "t": t.float().numpy()})
-        np.testing.assert_allclose(x0, want.x0.numpy(), atol=1e-4, rtol=1e-4)
-        np.testing.assert_allclose(eps, want.eps.numpy(), atol=1e-4, rtol=1e-4)
+        got = session.run(names, {"x_t": x.numpy(), "t": t.float().numpy()})
+        assert [o.name for o in session.get_outputs()] == names
+        for name, value in zip(names, got):
+            np.testing.assert_allclose(value, getattr(want, name).numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
 
     info = json.loads((tmp_path / "schedule.json").read_text())
     assert info["num_timesteps"] == 1000 and info["parameterization"] == parameterization
+    assert info["variance"] == variance and info["outputs"] == names
     np.testing.assert_array_equal(info["alphas_cumprod"], module.process.alphas_cumprod_f64.numpy())
     assert info["data_shape"] == list(module.data_shape)
     assert info["value_range"] == ([-1.0, 1.0] if network == "unet" else None)
@@ -203,9 +212,10 @@ def _one_line(err) -> str:
     return message
 
 
-def test_exporting_an_mlp_or_mu_to_diffusers_is_refused(tmp_path):
+def test_exporting_an_mlp_mu_or_learned_variance_to_diffusers_is_refused(tmp_path):
     for module, match in [(tiny_module("epsilon", "mlp"), "needs a UNet2DModel network.*MLPDenoiser"),
-                          (tiny_module("mu"), "parameterization 'mu' has no diffusers prediction_type")]:
+                          (tiny_module("mu"), "parameterization 'mu' has no diffusers prediction_type"),
+                          (tiny_module("epsilon", variance="learned_range"), "fixed variance only.*'learned_range'")]:
         ckpt = save_ckpt(module, tmp_path / "model.ckpt")
         with pytest.raises(ValueError, match=match) as err:
             export(ckpt, "diffusers", tmp_path / "out")

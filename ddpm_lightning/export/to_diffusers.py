@@ -31,6 +31,11 @@ def check_exportable(module: Any) -> None:
             f"is {type(module.network).__name__}; export format=safetensors or onnx instead"
         )
     prediction_type(module.parameterization.name)
+    variance = getattr(module.denoiser, "variance", "fixed")
+    if variance != "fixed":
+        # DDIMPipeline feeds the whole 2C-channel output to DDIMScheduler.step, which has no variance half
+        raise ValueError(f"format=diffusers supports a fixed variance only, but this model has variance={variance!r} "
+                         "(its network outputs 2C channels); export format=safetensors or onnx instead")
 
 
 def scheduler_config(module: Any) -> dict[str, Any]:

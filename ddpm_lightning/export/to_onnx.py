@@ -7,7 +7,9 @@ sampler written in another language (onnxruntime-web, issue 15) needs nothing el
   [0, T) given as floats, because int64 inputs are poorly supported by the WebGL/WebGPU backends
   (onnxruntime #9724, #14589); the graph rounds and casts t itself;
 * outputs `x0` and `eps` (batch, *data_shape): the parameterization is inside the graph, so the
-  caller steps with (x0_hat, eps_hat) whatever the model predicts.
+  caller steps with (x0_hat, eps_hat) whatever the model predicts; a model with a learned
+  variance also outputs `log_var` (log Sigma_t) and, for `learned_range`, `var_frac` (its eq. 15
+  fraction, for respaced sampling).
 
 GroupNorm is exported by the TorchScript exporter as InstanceNormalization + Mul + Add, not as
 GroupNormalization-21, which onnxruntime does not implement (#24538). Models over 2 GB would need
@@ -32,18 +34,25 @@ SCHEDULE_FILE = "schedule.json"
 OPSET = 17  # >= 17: LayerNormalization; below 18, so no GroupNormalization op can appear
 
 
+def output_names(variance: str) -> list[str]:
+    """x0 and eps; a learned variance adds log_var (log Sigma_t) and, for learned_range, var_frac."""
+    return ["x0", "eps", *{"fixed": [], "learned": ["log_var"], "learned_range": ["log_var", "var_frac"]}[variance]]
+
+
 class OnnxDenoiser(nn.Module):
-    """(x_t, t float32) -> (x0_hat, eps_hat): the module's Denoiser with t cast in the graph."""
+    """(x_t, t float32) -> (x0_hat, eps_hat[, log_var, var_frac]): the module's Denoiser with t
+    cast in the graph."""
 
     def __init__(self, denoiser: nn.Module, num_timesteps: int) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.num_timesteps = num_timesteps
+        self.outputs = output_names(getattr(denoiser, "variance", "fixed"))
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         t = t.round().clamp(0, self.num_timesteps - 1).to(torch.int64)  # (B,) timesteps
         pred = self.denoiser(x_t, t)
-        return pred.x0, pred.eps
+        return tuple(getattr(pred, name) for name in self.outputs)
 
 
 def schedule_info(module: Any) -> dict[str, Any]:
@@ -59,7 +68,8 @@ def schedule_info(module: Any) -> dict[str, Any]:
         "model": ONNX_FILE,
         "inputs": {"x_t": ["batch", *shape], "t": ["batch"]},
         "input_dtypes": {"x_t": "float32", "t": "float32 (integer timesteps in [0, T))"},
-        "outputs": ["x0", "eps"],
+        "outputs": output_names(getattr(module.denoiser, "variance", "fixed")),
+        "variance": getattr(module.denoiser, "variance", "fixed"),
         "num_timesteps": module.num_timesteps,
         "alphas_cumprod": module.process.alphas_cumprod_f64.tolist(),
         "schedule": dict(module.process.config),
@@ -92,8 +102,8 @@ def export_onnx(module: Any, out: str | Path, opset: int = OPSET) -> Path:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 graph, (x, t), str(path), dynamo=False, opset_version=opset,
-                input_names=["x_t", "t"], output_names=["x0", "eps"],
-                dynamic_axes={name: {0: "batch"} for name in ("x_t", "t", "x0", "eps")},
+                input_names=["x_t", "t"], output_names=graph.outputs,
+                dynamic_axes={name: {0: "batch"} for name in ("x_t", "t", *graph.outputs)},
             )
     finally:
         module.train(was_training)
