@@ -48,9 +48,11 @@ def hostile_target(tmp_path):
     return path, marker
 
 
-def test_checkpoints_written_by_train_load_with_weights_only(tmp_path):
+# the default run, and a learned variance trained on L_vlb (its importance sampler keeps buffers)
+@pytest.mark.parametrize("extra", [[], ["variance=learned_range", "loss=vlb"]])
+def test_checkpoints_written_by_train_load_with_weights_only(tmp_path, extra):
     cfg = compose_train(["trainer.accelerator=cpu", "logger=none", *TINY, "trainer.max_steps=1",
-                         "trainer.val_check_interval=1", "callbacks.sample_grid.every_n_steps=1"], tmp_path)
+                         "trainer.val_check_interval=1", "callbacks.sample_grid.every_n_steps=1", *extra], tmp_path)
     dm, model, trainer = build(cfg)
     trainer.fit(model, datamodule=dm)
     path = tmp_path / "checkpoints" / "last.ckpt"
