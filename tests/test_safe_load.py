@@ -4,6 +4,7 @@ naming what it needs and how to opt in, and the code does not run."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import TINY, compose_train
+from safetensors.torch import save_file
 
 from ddpm_lightning.export import export
 from ddpm_lightning.module import DiffusionModule
@@ -90,3 +92,13 @@ def test_export_cli_refuses_a_hostile_checkpoint_in_one_line(tmp_path):
     assert res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
     assert "builtins.exec" in res.stderr and "trust_checkpoint=true" in res.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.ckpt"]  # Hydra wrote no outputs/ or .hydra/
+
+
+def test_a_safetensors_folder_whose_hparams_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "hparams.json").write_text(json.dumps({"network": {"_target_": "os.system", "command": f"touch {marker}"}}))
+    save_file({"network.w": torch.zeros(1)}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="network._target_='os.system'.*trust_checkpoint=true") as err:
+        DiffusionModule.from_pretrained(tmp_path)
+    assert "\n" not in str(err.value) and not marker.exists()
