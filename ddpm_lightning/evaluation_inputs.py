@@ -1,9 +1,11 @@
 """Where `python -m ddpm_lightning.evaluate` gets its data: .npz files of samples or reference
-statistics, a data config by name, or the config of the run that wrote a checkpoint; and the
-checks that the two sides of a comparison have one shape."""
+statistics, a data config (`data=NAME`, composed by Hydra), or the config of the run that wrote a
+checkpoint; and the checks that the two sides of a comparison have one shape."""
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ def load_array_file(path: str | Path, what: str) -> torch.Tensor | FeatureStats:
         with np.load(path, allow_pickle=False) as data:
             files = set(data.files)
             arr = data["arr_0"] if "arr_0" in files else None
-    except (OSError, EOFError, ValueError, AttributeError) as err:
+    except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile, zlib.error) as err:
         # not a zip / npy, a pickle, a truncated file: numpy's reason, on one line
         raise ValueError(f"cannot read {what} file {str(path)!r} as .npz: {err}") from None
     if arr is None:
@@ -63,25 +65,18 @@ def find_run_config(ckpt: str | Path) -> Path | None:
     return None
 
 
-def compose_datamodule(name: str, overrides: dict[str, Any] | None = None, data_dir: str | None = None):
-    """A datamodule from `conf/data/<name>.yaml`, its `${paths...}` resolved by the paths config."""
+def _instantiate_data(data: Any, paths: Any):
+    """A datamodule from a data config node whose `${paths...}` the given paths config resolves."""
     from hydra.utils import instantiate
 
-    path = CONF_DIR / "data" / f"{name}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
-        raise ValueError(f"unknown data={name!r}; choose one of {choices}")
-    paths = OmegaConf.load(CONF_DIR / "paths" / "default.yaml")
-    if data_dir is not None:
-        paths.data_dir = data_dir
-    cfg = OmegaConf.create({"paths": paths, "data": OmegaConf.merge(OmegaConf.load(path), overrides or {})})
-    return instantiate(cfg.data)
+    from ddpm_lightning.errors import user_errors
+
+    with user_errors():
+        return instantiate(OmegaConf.create({"paths": paths, "data": data}).data)
 
 
-def run_datamodule(ckpt: str | Path, overrides: dict[str, Any] | None = None, data_dir: str | None = None):
+def run_datamodule(ckpt: str | Path, data_dir: str | None = None):
     """The datamodule of the run that wrote `ckpt`, or None if its config is not beside it."""
-    from hydra.utils import instantiate
-
     path = find_run_config(ckpt)
     if path is None:
         return None
@@ -91,15 +86,16 @@ def run_datamodule(ckpt: str | Path, overrides: dict[str, Any] | None = None, da
     paths = run.get("paths") or OmegaConf.load(CONF_DIR / "paths" / "default.yaml")
     if data_dir is not None:
         paths.data_dir = data_dir
-    cfg = OmegaConf.create({"paths": paths, "data": OmegaConf.merge(run.data, overrides or {})})
-    return instantiate(cfg.data)
+    return _instantiate_data(run.data, paths)
 
 
 def get_datamodule(args: dict[str, Any], required_for: str):
+    """The reference data: the `data=NAME` config (conf/data, tuned by data.KEY=VALUE), or the
+    data of the run that wrote `ckpt=`."""
     if args["data"]:
-        return compose_datamodule(args["data"], args["data_overrides"], args["data_dir"])
+        return _instantiate_data(args["data"], args["paths"])
     if args["ckpt"]:
-        dm = run_datamodule(args["ckpt"], args["data_overrides"], args["data_dir"])
+        dm = run_datamodule(args["ckpt"], args["data_dir"])
         if dm is not None:
             return dm
     raise ValueError(

@@ -4,7 +4,8 @@ Sample i of a run with seed s starts from `fixed_noise([i], shape, s)` and draws
 step's noise from its own generator `sample_generators([i], s)[0]`. Both depend on (s, i)
 only, so a sample is the same whatever the batch size, the order of the batches, or the
 number of processes that share the work: the grid callback, the FID callback, the sample and
-evaluate commands and `noise_loader` all use these two functions and agree with each other.
+evaluate commands (through `fixed_samples`) and `noise_loader` all use these two functions and
+agree with each other.
 
 A list of generators (one per row) is accepted wherever a `generator=` is (`randn`, the
 samplers, `sample`, diffusers' `randn_tensor`): row j of each draw comes from generator j.
@@ -54,3 +55,12 @@ def randn(shape: Sequence[int], generator, device, dtype) -> torch.Tensor:
         return torch.stack(rows).to(device)
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def fixed_samples(module, indices: Sequence[int] | range, seed: int = 0, **sample_kwargs):
+    """`module.sample(...)` of the given samples, each from its own starting noise and its own
+    step-noise generator: what the grid and FID callbacks and the sample and evaluate commands
+    draw, so that they agree sample for sample."""
+    return module.sample(
+        noise=fixed_noise(indices, module.data_shape, seed), generator=sample_generators(indices, seed), **sample_kwargs
+    )

@@ -1,100 +1,39 @@
-"""Sample from a checkpoint:
+"""Sample from a checkpoint: `python -m ddpm_lightning.sample ckpt=PATH n=64 sampler=ddim
+sampler.num_steps=50 seed=0 out=DIR` (a Hydra command over conf/sample.yaml; `--help` lists the
+options, `-m` sweeps them).
 
-    python -m ddpm_lightning.sample ckpt=PATH n=64 sampler=ddim steps=50 seed=0 out=DIR
-
-writes `DIR/samples.npz` (array `arr_0`: uint8 N x H x W x C for images, the convention of the
+Writes `DIR/samples.npz` (array `arr_0`: uint8 N x H x W x C for images, the convention of the
 guided-diffusion evaluation suite; float32 N x D for 2-D data) and `DIR/grid.png` (a scatter
-plot for 2-D data). Options (key=value):
-
-    ckpt        checkpoint written by train.py (required)
-    n           number of samples (64)
-    sampler     ddpm, ddim, ... (default: the checkpoint's sampler config)
-    steps       sampling steps (default: the sampler config's)
-    eta         DDIM eta; spacing: leading / trailing / linspace; clip: true / false
-    seed        seed of the torch.Generator (0): the same seed gives the same samples
-    batch_size  samples per forward pass (256)
-    out         output directory (samples)
-    device      auto, cpu, cuda, cuda:1, ... (auto)
-    image       img2img / inpainting source: a PNG/JPEG (one image, repeated n times) or an
-                .npz whose arr_0 holds N uint8 images
-    strength    img2img strength in (0, 1] (1.0)
-    mask        inpainting mask image: white = generate, black = keep (diffusers' convention)
-    progress    show a progress bar (true)
-    host_malloc retain (default) or system: glibc's policy for freed host memory, as train.py's
-                (retain: CPU sampling steps do not fault their memory back in)
+plot for 2-D data), beside the config that made them (`DIR/.hydra/`). The sampler is the
+checkpoint's own unless `sampler=NAME` picks a preset of the `sampler` group, as in train.py;
+`sampler.KEY=VALUE` tunes either. Sample i starts from `noise.fixed_noise([i], ..., seed)` and
+draws its step noise from its own generator, so the samples do not depend on `batch_size`.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm_lightning.errors import one_line_errors
+from ddpm_lightning.checkpoint_file import load_module
+from ddpm_lightning.cli import compose, job_dir, run_command, sampler_spec
 from ddpm_lightning.host_malloc import set_host_malloc
+from ddpm_lightning.noise import fixed_samples, sample_generators
 from ddpm_lightning.visualize import image_grid, save_png, scatter, to_uint8
 
-DEFAULTS: dict[str, Any] = {
-    "ckpt": None,
-    "n": 64,
-    "sampler": None,
-    "steps": None,
-    "eta": None,
-    "spacing": None,
-    "clip": None,
-    "seed": 0,
-    "batch_size": 256,
-    "out": "samples",
-    "device": "auto",
-    "image": None,
-    "strength": 1.0,
-    "mask": None,
-    "progress": True,
-    "host_malloc": "retain",
-}
 
-
-def parse_args(argv: list[str]) -> dict[str, Any]:
-    """key=value arguments over DEFAULTS; unknown keys are an error naming the valid ones."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        raise SystemExit(0)
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ValueError(f"arguments are key=value pairs, got {bad}; keys: {sorted(DEFAULTS)}")
-    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; valid: {sorted(DEFAULTS)}")
-    args = {**DEFAULTS, **given}
-    if not args["ckpt"]:
-        raise ValueError("ckpt=PATH is required (a checkpoint written by train.py)")
-    n = args["n"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if isinstance(args["batch_size"], bool) or not isinstance(args["batch_size"], int) or args["batch_size"] < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {args['batch_size']!r}")
-    return args
-
-
-def load_module(ckpt: str | Path, device: str = "auto"):
-    """`DiffusionModule.load_from_checkpoint` with a clear error for a missing file."""
-    from ddpm_lightning.module import DiffusionModule
-
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = DiffusionModule.load_from_checkpoint(path, map_location=device)
-    return module.eval()
+def _positive_int(cfg: DictConfig, key: str) -> int:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
 
 
 def load_images(path: str | Path, shape: tuple[int, ...], n: int, kind: str = "image") -> torch.Tensor:
@@ -129,39 +68,24 @@ def load_images(path: str | Path, shape: tuple[int, ...], n: int, kind: str = "i
     return x[:n].contiguous()
 
 
-def generate(module, args: dict[str, Any]) -> torch.Tensor:
-    """All n samples, in batches, from one seeded generator stream per batch."""
-    n, bs = args["n"], args["batch_size"]
-    overrides = {k: v for k, v in {"eta": args["eta"], "spacing": args["spacing"], "clip_denoised": args["clip"]}.items() if v is not None}
-    if args["sampler"] is None and not overrides:
-        sampler = None
-    else:
-        spec = dict(module.hparams.sampler)
-        if args["sampler"] is not None and args["sampler"] != spec.get("name"):
-            spec = {"name": args["sampler"]}
-        spec.update(overrides)
-        sampler = spec
+def generate(module, cfg: DictConfig, spec: dict[str, Any]) -> torch.Tensor:
+    """All n samples, in batches; sample i's noise depends on (seed, i) only."""
+    n, bs, seed = cfg.n, cfg.batch_size, cfg.seed
+    module.make_sampler(spec)  # a bad sampler option fails here, before any sampling
     shape = module.data_shape
-    image = load_images(args["image"], shape, n) if args["image"] else None
-    mask = load_images(args["mask"], shape, n, kind="mask") if args["mask"] else None
+    image = load_images(cfg.image, shape, n) if cfg.image else None
+    mask = load_images(cfg.mask, shape, n, kind="mask") if cfg.mask else None
     if mask is not None and image is None:
         raise ValueError("mask= needs image= (the image whose unmasked part is kept)")
     out = []
-    for start in tqdm(range(0, n, bs), desc="batches", disable=not args["progress"] or n <= bs):
-        stop = min(n, start + bs)
-        # one generator per batch, seeded from (seed, batch index): reproducible at any batch size split
-        g = torch.Generator().manual_seed(args["seed"] * 1_000_003 + start)
-        kw = {"image": image[start:stop], "strength": args["strength"]} if image is not None else {}
-        if mask is not None:
-            kw["mask"] = mask[start:stop]
-        res = module.sample(
-            None if image is not None else stop - start,
-            sampler=sampler,
-            num_steps=args["steps"],
-            generator=g,
-            progress=args["progress"],
-            **kw,
-        )
+    for start in tqdm(range(0, n, bs), desc="batches", disable=not cfg.progress or n <= bs):
+        idx = range(start, min(n, start + bs))
+        if image is None:
+            res = fixed_samples(module, idx, seed, sampler=spec, progress=cfg.progress)
+        else:
+            kw = {"mask": mask[idx.start : idx.stop]} if mask is not None else {}
+            res = module.sample(image=image[idx.start : idx.stop], strength=cfg.strength, sampler=spec,
+                                generator=sample_generators(idx, seed), progress=cfg.progress, **kw)
         out.append(res.samples.cpu())
     return torch.cat(out)
 
@@ -180,16 +104,25 @@ def save(samples: torch.Tensor, out: str | Path) -> dict[str, Path]:
     return {"npz": out / "samples.npz", "grid": out / "grid.png"}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Path]:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    set_host_malloc(args["host_malloc"])
-    module = load_module(args["ckpt"], args["device"])
-    samples = generate(module, args)
-    paths = save(samples, args["out"])
+def run(cfg: DictConfig, out: str | Path) -> dict[str, Path]:
+    """Sample as `cfg` (a composed conf/sample.yaml) says and write the files into `out`."""
+    if not cfg.ckpt:
+        raise ValueError("ckpt=PATH is required (a checkpoint written by train.py)")
+    _positive_int(cfg, "n")
+    _positive_int(cfg, "batch_size")
+    set_host_malloc(cfg.host_malloc)
+    module = load_module(cfg.ckpt, cfg.device)
+    samples = generate(module, cfg, sampler_spec(cfg, module.hparams.sampler))
+    paths = save(samples, out)
     print(f"wrote {len(samples)} samples to {paths['npz']} and {paths['grid']}")
     return paths
 
 
+def main(argv: list[str]) -> dict[str, Path]:
+    """The command from Python: `main(["ckpt=PATH", "n=8", "sampler=ddim"])` -> the written paths."""
+    cfg = compose("sample", argv)
+    return run(cfg, cfg.out)
+
+
 if __name__ == "__main__":
-    with one_line_errors():
-        main()
+    run_command("sample", lambda cfg: run(cfg, job_dir()))

@@ -70,7 +70,7 @@ def test_samples_against_reference_files(npz, tmp_path):
     other = _run(f"samples={npz / 'a.npz'}", f"ref={npz / 'b.npz'}", "feature=digits")["fid"]
     noise = _run(f"samples={npz / 'noise.npz'}", f"ref={npz / 'b.npz'}", "feature=digits")["fid"]
     assert 0.1 < other < 100 and noise > 10 * other  # measured: 31 (300 vs 400 digits) and 635
-    both = _run("metric=fid,kid", f"samples={npz / 'noise.npz'}", f"ref={npz / 'b.npz'}", "feature=digits",
+    both = _run("metric=[fid,kid]", f"samples={npz / 'noise.npz'}", f"ref={npz / 'b.npz'}", "feature=digits",
                 "kid_subset_size=100", "kid_subsets=10")
     assert both["fid"] == pytest.approx(noise) and both["kid"] > 10 * abs(both["kid_std"]) and both["kid"] > 0
 
@@ -115,7 +115,7 @@ def test_bad_inputs(npz, tmp_path, ckpt):
     a, b = npz / "a.npz", npz / "b.npz"
     cases = [
         (["metric=fd", f"samples={a}", f"ref={b}"], ValueError, r"unknown metric fd; choose from \['fid', 'kid', 'bpd', 'nll'\]"),
-        (["metric=fid,bpd", f"samples={a}", f"ref={b}"], ValueError, "separate runs"),
+        (["metric=[fid,bpd]", f"samples={a}", f"ref={b}"], ValueError, "separate runs"),
         ([f"samples={npz / 'ten.npz'}", f"ref={b}", "feature=digits"], ValueError, r"10 samples of 64-d digits features \(the samples\).*small_sample=warn scores it anyway"),
         ([f"samples={_save(tmp_path / 'f.npz', arr_0=np.zeros((80, 16, 16, 1), np.float32))}", f"ref={b}"],
          ValueError, r"arr_0 must hold uint8 images .* got dtype float32"),

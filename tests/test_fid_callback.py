@@ -104,6 +104,17 @@ def test_kid_and_toy2d(make_cfg, tmp_path):
     assert cb.feature_used == "toy2d" and math.isfinite(float(trainer.callback_metrics["val/fid"]))
 
 
+def test_kid_real_features_are_cached_too(make_cfg, tmp_path):
+    kid = ["callbacks.fid.kid=true", "callbacks.fid.kid_subset_size=50", "callbacks.fid.kid_subsets=5",
+           f"callbacks.fid.cache_dir={tmp_path / 'stats'}"]
+    first, cb = _validate(make_cfg, *kid, output_dir=tmp_path / "a")
+    assert cb.real_stats_from_cache is False and cb.num_real_computed == 1
+    second, cb = _validate(make_cfg, *kid, output_dir=tmp_path / "b")  # a new run: features from disk
+    assert cb.real_stats_from_cache is True and cb.num_real_computed == 0
+    for key in ("val/fid", "val/kid_mean"):
+        assert float(second.callback_metrics[key]) == pytest.approx(float(first.callback_metrics[key]), rel=1e-5), key
+
+
 # ---- start-up checks: clear errors before any training ---------------------------------------
 def test_missing_inception_weights_fail_before_training(make_cfg, tmp_path):
     cfg = make_cfg(*FID_TINY, "callbacks.fid.feature=inception", f"callbacks.fid.weights_path={tmp_path / 'nope.pt'}")

@@ -38,7 +38,6 @@ from ddpm_lightning.metrics import (
     resize_bilinear_tf1,
     resolve_inception_weights,
     save_reference_images,
-    stats_key,
 )
 from ddpm_lightning.metrics import inception_weights
 from ddpm_lightning.metrics.digits import (
@@ -434,7 +433,7 @@ def test_stats_cache_reused_and_invalidated(tmp_path, digits, digit_features):
         return images
 
     cache = RealStatsCache(tmp_path / "stats")
-    key = stats_key("digits", "train", 16, 200, "digits")
+    key = "digits-train-16px-n200-digits"
     first, loaded = cache.get_or_compute(key, load_images, digit_features)
     assert not loaded and cache.num_computed == 1 and len(calls) == 1
     assert cache.path(key).is_file()
@@ -444,7 +443,7 @@ def test_stats_cache_reused_and_invalidated(tmp_path, digits, digit_features):
     assert second.n == 200
     # A fresh cache object (a new run) finds the file too.
     assert RealStatsCache(tmp_path / "stats").get_or_compute(key, load_images, digit_features)[1]
-    other_key = stats_key("digits", "train", 16, 100, "digits")
+    other_key = "digits-train-16px-n100-digits"
     third, loaded = cache.get_or_compute(other_key, lambda: images[:100], digit_features)
     assert not loaded and cache.num_computed == 2 and third.n == 100
     # Keys that differ only in characters unsafe for file names still get separate files.

@@ -14,10 +14,14 @@ on 2 CPU cores), "digits" (a digit classifier, for the digits data), "toy2d" (th
 themselves), or "auto": digits for the digits data, toy2d for 2-D points, inception otherwise.
 Only "inception" numbers are comparable to published FIDs.
 
-The real statistics are computed once and cached on disk (`RealStatsCache`), keyed by the
-datamodule's `cache_key(split, n)` (dataset, split, shape, count, split settings) and the
-feature space. The feature network and the metrics live in this callback, never in the
-LightningModule, so their weights stay out of checkpoints.
+The real statistics (and, with `kid=True`, the real features) are computed once and cached on
+disk by `metrics.RealStatsCache`, keyed by `metrics.real_stats_key` (dataset, split, shape,
+count, split settings, feature space): the same path and files as `python -m
+ddpm_lightning.evaluate`. Sample i starts from `noise.fixed_noise` and draws its step noise from
+its own generator (`noise.fixed_samples`), so a sample is the same at any batch size or rank
+count, and the same as the sample and evaluate commands draw. The feature network and the
+metrics live in this callback, never in the LightningModule, so their weights stay out of
+checkpoints.
 
 Under DDP each rank generates samples r::world of the fixed noise (no duplicates, no padding),
 updates its metric with its own features, and every rank calls `compute()`, which sums the
@@ -28,10 +32,7 @@ other ranks wait in `compute()` (within the process group's timeout, 30 min by d
 
 from __future__ import annotations
 
-import hashlib
 import time
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,102 +45,26 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpm_lightning.metrics import (
-    DigitFeatures,
-    FeatureStats,
-    FrechetDistance,
-    InceptionFeatures,
-    RealStatsCache,
-    Toy2dFeatures,
-    check_feature_available,
-    check_sample_size,
-    make_feature_extractor,
-)
 from torchmetrics.image.kid import KernelInceptionDistance
 
-FEATURES = ("auto", "inception", "digits", "toy2d")
-FEATURE_DIMS = {
-    "inception": InceptionFeatures.num_features,
-    "digits": DigitFeatures.num_features,
-    "toy2d": Toy2dFeatures.num_features,
-}
-DIGIT_DATASETS = ("digits", "mnist")  # data a digit classifier's features describe
+from ddpm_lightning.metrics import (
+    FEATURE_DIMS,
+    FEATURES,
+    FeatureStats,
+    FrechetDistance,
+    PrecomputedFeatures,
+    RealStatsCache,
+    auto_feature,
+    check_feature_available,
+    check_feature_for_data,
+    check_sample_size,
+    make_feature_extractor,
+    make_metric,
+    real_stats_key,
+)
+from ddpm_lightning.noise import fixed_samples
+
 SPLITS = ("train", "val")
-
-
-# ---- choosing and checking the feature space (shared with `ddpm_lightning.evaluate`) ----------
-def auto_feature(data_shape: Sequence[int], data_name: str | None = None) -> str:
-    """The feature space "auto" means: toy2d for 2-D points, digits for the digits data,
-    inception for other images."""
-    if len(data_shape) == 1:
-        return "toy2d"
-    if data_name == "digits":
-        return "digits"
-    return "inception"
-
-
-def check_feature_for_data(feature: str, data_shape: Sequence[int], data_name: str | None = None) -> None:
-    """Raise a ValueError if `feature` cannot score data of `data_shape`; warn if it can but the
-    numbers would mean little (digit features of non-digit images)."""
-    shape = tuple(data_shape)
-    if feature not in FEATURE_DIMS:
-        raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
-    if feature == "toy2d":
-        if shape != (2,):
-            raise ValueError(
-                f"feature 'toy2d' scores 2-D points, but the data has shape {shape}; "
-                "use feature=inception (or digits for digit images)"
-            )
-        return
-    if len(shape) != 3 or shape[0] not in (1, 3):
-        raise ValueError(
-            f"feature {feature!r} scores images (C, H, W) with 1 or 3 channels, but the data has shape "
-            f"{shape}; use feature=toy2d for 2-D points"
-        )
-    if feature == "digits":
-        if shape[0] != 1:
-            raise ValueError(
-                f"feature 'digits' is a classifier of grey (1, H, W) digit images, but the data has "
-                f"shape {shape}; use feature=inception"
-            )
-        if data_name is not None and data_name not in DIGIT_DATASETS:
-            warnings.warn(
-                f"feature 'digits' (a digit classifier) on {data_name!r} images: the FID compares "
-                "features that do not describe this data; use feature=inception",
-                stacklevel=2,
-            )
-
-
-def real_stats_key(datamodule: Any, split: str, n: int, feature: str, weights_path: str | Path | None = None) -> str:
-    """The cache key of real statistics: the datamodule's `cache_key(split, n)` (dataset, split,
-    shape, count, split settings) + the feature space (+ a hash of an explicit weights file).
-    `ddpm_lightning.evaluate` uses the same key, so training and evaluation share the files."""
-    key = f"{datamodule.cache_key(split, n)}-{feature}"
-    if weights_path is not None:
-        key += "-w" + hashlib.sha1(str(Path(weights_path).expanduser().resolve()).encode()).hexdigest()[:8]
-    return key
-
-
-class PrecomputedFeatures(nn.Module):
-    """The identity on (B, D) features: lets torchmetrics' FID/KID take features that the
-    callback computed once per batch (one pass of the network serves both metrics)."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features  # read by torchmetrics
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
-def fixed_noise(indices: Sequence[int], data_shape: Sequence[int], seed: int = 0) -> torch.Tensor:
-    """Starting noise (len(indices), *data_shape): noise i depends on (seed, i) only, so a sample is
-    the same whatever the batch size or the number of ranks, and no noise is ever held whole."""
-    out = torch.empty(len(indices), *data_shape)
-    for j, i in enumerate(indices):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
-        out[j] = torch.randn(tuple(data_shape), generator=g)
-    return out
 
 
 def _one_tensor_per_list(metric: KernelInceptionDistance, dim: int, device) -> None:
@@ -173,7 +98,7 @@ class FID(Callback):
         real_split: "train" (the usual reference) or "val".
         cache_dir: where real statistics are cached; None: recomputed at every run.
         kid: also log the kernel inception distance (torchmetrics KID; it keeps the real features
-            in memory, and they are re-extracted once per run: only the FID statistics are cached).
+            in memory; they are cached on disk beside the FID statistics).
         kid_subset_size: KID subset size (capped at the sample counts); kid_subsets: their number.
         weights_path: explicit Inception weights or digit-classifier file (None: the installed ones).
         small_sample: "warn" (default) or "error" when a count is below the feature dimension.
@@ -281,17 +206,12 @@ class FID(Callback):
         self.features = make_feature_extractor(self.feature_used, self.weights_path)
         dim = self.features.num_features
         # warned (or refused) once in check(); not again at every evaluation. n < 2 still fails.
-        self.fid = FrechetDistance(PrecomputedFeatures(dim), small_sample="ignore" if self.small_sample == "warn" else "error",
-                                   reset_real_features=False)
+        self.fid = make_metric("fid", PrecomputedFeatures(dim), reset_real_features=False,
+                               small_sample="ignore" if self.small_sample == "warn" else "error")
         if self.kid:
             subset = min(self.kid_subset_size, self.num_samples, self.num_real)
-            with warnings.catch_warnings():
-                # "will save all extracted features in buffer": known, and said in our docstring
-                warnings.filterwarnings("ignore", message=".*save all extracted features.*")
-                self.kid_metric = KernelInceptionDistance(
-                    feature=PrecomputedFeatures(dim), subsets=self.kid_subsets, subset_size=subset,
-                    reset_real_features=False,
-                )
+            self.kid_metric = make_metric("kid", PrecomputedFeatures(dim), subsets=self.kid_subsets, subset_size=subset,
+                                          reset_real_features=False)
         self._real_ready = False
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -335,10 +255,7 @@ class FID(Callback):
         bar = tqdm(batches, desc=f"FID: sampling + {self.feature_used} features", leave=False,
                    disable=not self.progress or rank != 0)
         for idx in bar:
-            noise = fixed_noise(idx, pl_module.data_shape, self.seed)
-            # the sampler's own noise (DDPM steps): seeded by the batch's first sample
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + idx[0] + 7919)
-            samples = pl_module.sample(noise=noise, sampler=self.sampler, generator=g).samples
+            samples = fixed_samples(pl_module, idx, self.seed, sampler=self.sampler).samples
             f = self.features(samples)  # (B, D); the samples are dropped after this batch
             self.fid.update(f, real=False)
             if self.kid_metric is not None:
@@ -374,33 +291,17 @@ class FID(Callback):
         self._real_ready = True
 
     def _real_stats(self, datamodule: Any, device: torch.device) -> FeatureStats:
+        cache = RealStatsCache(self.cache_dir)
         key = self.cache_key(datamodule)
-        cache = RealStatsCache(self.cache_dir) if self.cache_dir is not None else None
-        stats = cache.load(key, dim=self.features.num_features) if cache is not None else None
-        self.real_stats_from_cache = stats is not None
-        if stats is None or self.kid_metric is not None:
-            extracted = self._extract_real(datamodule, device)
-            if stats is None:
-                stats = extracted
-                self.num_real_computed += 1
-                if cache is not None:
-                    path = cache.save(key, stats)
-                    rank_zero_info(f"FID: cached real statistics in {path}")
-        else:
-            rank_zero_info(f"FID: real statistics from {cache.path(key)}")
+        stats, self.real_stats_from_cache = cache.get_or_compute(
+            key, lambda: datamodule.real_samples(self.num_real, self.real_split), self.features,
+            batch_size=self.batch_size, device=device, keep_features=self.kid_metric is not None,
+            progress=self.progress, desc=f"FID: real {self.feature_used} features", small_sample="ignore",
+        )  # fmt: skip
+        self.num_real_computed += cache.num_computed
+        if self.cache_dir is not None:
+            verb = "from" if self.real_stats_from_cache else "cached in"
+            rank_zero_info(f"FID: real statistics {verb} {cache.path(key)}")
+        if self.kid_metric is not None:
+            self.kid_metric.update(stats.features.to(device), real=True)
         return stats
-
-    @torch.no_grad()
-    def _extract_real(self, datamodule: Any, device: torch.device) -> FeatureStats:
-        """Features of the real images, batched: their statistics (and KID's real features)."""
-        images = datamodule.real_samples(self.num_real, self.real_split)  # (n, *data_shape)
-        total = outer = None
-        for batch in tqdm(images.split(self.batch_size), desc=f"FID: real {self.feature_used} features",
-                          leave=False, disable=not self.progress):
-            f = self.features(batch.to(device))  # (B, D)
-            if self.kid_metric is not None:
-                self.kid_metric.update(f, real=True)
-            f = f.double()
-            total = f.sum(0) if total is None else total + f.sum(0)
-            outer = f.T @ f if outer is None else outer + f.T @ f
-        return FeatureStats.from_sums(total, outer, len(images))

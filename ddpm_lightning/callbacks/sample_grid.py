@@ -1,7 +1,10 @@
 """`SampleGrid`: pictures of the model's samples while training, with the EMA weights.
 
 Every `every_n_steps` (at a validation), it samples from the same fixed noise all run long, so
-the grids show the same samples getting better. It also draws a strip of the denoising
+the grids show the same samples getting better: sample i's starting and step noise come from
+(seed, i) (`noise.fixed_samples`), as in the FID callback and the sample command, so
+`python -m ddpm_lightning.sample ckpt=... n=num_samples seed=seed` with the same sampler draws
+the same samples. It also draws a strip of the denoising
 trajectory (x_t, and the model's x0_hat, at evenly spaced steps) and, once, a strip of real
 images being noised by the forward process. Pictures are saved as PNG in `out_dir` and logged to
 W&B and TensorBoard loggers; 2-D data gets scatter plots instead.
@@ -25,6 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm_lightning import visualize
+from ddpm_lightning.noise import fixed_noise, fixed_samples
 
 
 class SampleGrid(Callback):
@@ -99,19 +103,14 @@ class SampleGrid(Callback):
         self._last_step = state_dict.get("last_step")
 
     # ---- drawing -------------------------------------------------------------------------
-    def fixed_noise(self, pl_module) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed)
-        return torch.randn(self.num_samples, *pl_module.data_shape, generator=g)
-
     def draw(self, trainer: L.Trainer, pl_module, tag: str) -> None:
         if pl_module.data_shape is None:
             return
         world, rank = trainer.world_size, trainer.global_rank
-        noise = self.fixed_noise(pl_module)
-        pad = (-len(noise)) % world  # equal shares, so all_gather sees equal shapes
-        noise = torch.cat([noise, noise[:pad]]) if pad else noise
+        indices = list(range(self.num_samples))
+        indices += indices[: (-len(indices)) % world]  # equal shares, so all_gather sees equal shapes
         want_traj = rank == 0 and self.trajectory_samples > 0 and len(pl_module.data_shape) == 3
-        out = pl_module.sample(noise=noise[rank::world], sampler=self.sampler, return_trajectory=want_traj)
+        out = fixed_samples(pl_module, indices[rank::world], self.seed, sampler=self.sampler, return_trajectory=want_traj)
         samples = out.samples
         if world > 1:
             # (world, n_local, ...) -> interleave back to the order of the fixed noise
@@ -167,8 +166,7 @@ class SampleGrid(Callback):
         process = pl_module.process
         T, cols = process.num_timesteps, max(2, self.trajectory_frames)
         ts = [round(i * (T - 1) / (cols - 1)) for i in range(cols)]
-        g = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(x0.shape, generator=g)
+        noise = fixed_noise(range(len(x0)), x0.shape[1:], self.seed)
         x0, noise = x0.to(pl_module.device), noise.to(pl_module.device)
         frames = [x0] + [
             process.q_sample(x0, torch.full((len(x0),), t, device=x0.device), noise=noise)[0] for t in ts

@@ -9,20 +9,28 @@ One file per concept:
 - `digits.py`             `DigitFeatures`: 64-d digit-classifier features (8x8 digits data)
 - `toy2d.py`              `Toy2dFeatures`: 2-D points as features (toy data)
 - `frechet.py`            `frechet_distance` in float64 and the small-sample check
-- `feature_stats.py`      `FeatureStats` (mu, sigma, n), computed in batches, saved as .npz
-- `stats_cache.py`        `RealStatsCache`: real statistics computed once per key
+- `feature_stats.py`      `FeatureStats` (mu, sigma, n, kept features), computed in batches, saved as .npz
+- `stats_cache.py`        `RealStatsCache`, `real_stats_key`: real statistics (and KID's real
+                          features) computed once per key, for the FID callback and evaluate
 - `reference_batch.py`    guided-diffusion's `arr_0` .npz image batches
 - `fid_metric.py`         `FrechetDistance`: torchmetrics FID + sample-size guard + cached stats
-- `factory.py`            `make_metric`, `make_feature_extractor`, availability checks
+- `factory.py`            feature spaces by name (`auto_feature`, `check_feature_for_data`,
+                          `FEATURE_DIMS`), `make_metric`, `make_feature_extractor`,
+                          `PrecomputedFeatures`, availability checks
 
 Only the "inception" feature space gives numbers comparable to published FIDs.
 """
 
 from .digits import DigitFeatures, load_digits_images
 from .factory import (
+    FEATURE_DIMS,
     FEATURE_NAMES,
+    FEATURES,
     METRIC_NAMES,
+    PrecomputedFeatures,
+    auto_feature,
     check_feature_available,
+    check_feature_for_data,
     is_feature_available,
     make_feature_extractor,
     make_metric,
@@ -38,11 +46,13 @@ from .inception_weights import (
     resolve_inception_weights,
 )
 from .reference_batch import load_reference_images, reference_stats, save_reference_images
-from .stats_cache import RealStatsCache, stats_key
+from .stats_cache import RealStatsCache, real_stats_key
 from .tf_resize import resize_bilinear_tf1
 from .toy2d import Toy2dFeatures
 
 __all__ = [
+    "FEATURES",
+    "FEATURE_DIMS",
     "FEATURE_NAMES",
     "METRIC_NAMES",
     "DigitFeatures",
@@ -50,10 +60,13 @@ __all__ = [
     "FrechetDistance",
     "InceptionFeatures",
     "InceptionWeightsNotFoundError",
+    "PrecomputedFeatures",
     "RealStatsCache",
     "SmallSampleWarning",
     "Toy2dFeatures",
+    "auto_feature",
     "check_feature_available",
+    "check_feature_for_data",
     "check_inception_weights",
     "check_sample_size",
     "compute_feature_stats",
@@ -64,8 +77,8 @@ __all__ = [
     "load_reference_images",
     "make_feature_extractor",
     "make_metric",
+    "real_stats_key",
     "reference_stats",
     "resize_bilinear_tf1",
     "save_reference_images",
-    "stats_key",
 ]

@@ -1,18 +1,24 @@
-"""Build FID/KID metrics and feature extractors by name, and check at start-up that they will work.
+"""Feature spaces and FID/KID metrics by name: which space scores which data ("auto"), the checks
+that run at start-up, and the builders.
 
     metric = make_metric("fid", "inception")                 # torchmetrics FID, TF-FID Inception
     metric = make_metric("kid", "digits", subset_size=100)    # torchmetrics KID, digit-CNN features
+    metric = make_metric("fid", PrecomputedFeatures(64))     # fed features computed elsewhere
 
 Feature spaces: "inception" (InceptionV3 pool3, 2048-d, the published-FID network; needs the
 weights, see `inception_weights.py`), "digits" (64-d digit classifier, for the embedded 8x8
-digits data) and "toy2d" (2-D points as they are). Only "inception" numbers are comparable
-to published FIDs.
+digits data) and "toy2d" (2-D points as they are); "auto" picks one for the data. Only
+"inception" numbers are comparable to published FIDs. The FID callback and
+`python -m ddpm_lightning.evaluate` choose and check the space with the functions here.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -24,12 +30,73 @@ from .inception_weights import check_inception_weights, inception_weights_availa
 from .toy2d import Toy2dFeatures
 
 FEATURE_NAMES = ("inception", "digits", "toy2d")
+FEATURES = ("auto", *FEATURE_NAMES)  # what a user may ask for
+FEATURE_DIMS = {
+    "inception": InceptionFeatures.num_features,
+    "digits": DigitFeatures.num_features,
+    "toy2d": Toy2dFeatures.num_features,
+}
+DIGIT_DATASETS = ("digits", "mnist")  # data a digit classifier's features describe
 METRIC_NAMES = ("fid", "kid")
 
 
 def _check_feature_name(name: str) -> None:
     if name not in FEATURE_NAMES:
         raise ValueError(f"feature must be one of {FEATURE_NAMES} or an nn.Module, got {name!r}")
+
+
+def auto_feature(data_shape: Sequence[int], data_name: str | None = None) -> str:
+    """The feature space "auto" means: toy2d for 2-D points, digits for the digits data,
+    inception for other images."""
+    if len(data_shape) == 1:
+        return "toy2d"
+    if data_name == "digits":
+        return "digits"
+    return "inception"
+
+
+def check_feature_for_data(feature: str, data_shape: Sequence[int], data_name: str | None = None) -> None:
+    """Raise a ValueError if `feature` cannot score data of `data_shape`; warn if it can but the
+    numbers would mean little (digit features of non-digit images)."""
+    shape = tuple(data_shape)
+    if feature not in FEATURE_DIMS:
+        raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+    if feature == "toy2d":
+        if shape != (2,):
+            raise ValueError(
+                f"feature 'toy2d' scores 2-D points, but the data has shape {shape}; "
+                "use feature=inception (or digits for digit images)"
+            )
+        return
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ValueError(
+            f"feature {feature!r} scores images (C, H, W) with 1 or 3 channels, but the data has shape "
+            f"{shape}; use feature=toy2d for 2-D points"
+        )
+    if feature == "digits":
+        if shape[0] != 1:
+            raise ValueError(
+                f"feature 'digits' is a classifier of grey (1, H, W) digit images, but the data has "
+                f"shape {shape}; use feature=inception"
+            )
+        if data_name is not None and data_name not in DIGIT_DATASETS:
+            warnings.warn(
+                f"feature 'digits' (a digit classifier) on {data_name!r} images: the FID compares "
+                "features that do not describe this data; use feature=inception",
+                stacklevel=2,
+            )
+
+
+class PrecomputedFeatures(nn.Module):
+    """The identity on (B, D) features: lets torchmetrics' FID/KID take features computed once per
+    batch elsewhere (one pass of the network serves both metrics)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features  # read by torchmetrics
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
 
 def make_feature_extractor(name: str, weights_path: str | Path | None = None) -> nn.Module:
@@ -103,4 +170,7 @@ def make_metric(
         raise TypeError(f"feature must be one of {FEATURE_NAMES} or an nn.Module, got {type(feature).__name__}")
     if name == "fid":
         return FrechetDistance(module, **metric_kwargs)
-    return KernelInceptionDistance(feature=module, **metric_kwargs)
+    with warnings.catch_warnings():
+        # "will save all extracted features in buffer": KID needs them; known and documented
+        warnings.filterwarnings("ignore", message=".*save all extracted features.*")
+        return KernelInceptionDistance(feature=module, **metric_kwargs)
