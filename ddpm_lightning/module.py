@@ -370,7 +370,7 @@ class DiffusionModule(L.LightningModule):
 
         if isinstance(checkpoint_path, (str, Path)):
             # mmap: the tensors are not read, only the pickle is checked (one line if refused)
-            load_checkpoint(checkpoint_path, trust_checkpoint, mmap=True)
+            load_checkpoint(checkpoint_path, trust_checkpoint)
         kwargs.setdefault("weights_only", not trust_checkpoint)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
 

@@ -8,6 +8,7 @@ its author put in it. Two doors stay open even with `weights_only=True`, and bot
    more than that (checked on checkpoints written by `train.py`, with EMA, the sample-grid and
    checkpoint callbacks, the optimizer and the LR scheduler: `get_unsafe_globals_in_checkpoint`
    lists nothing), so `EXTRA_SAFE_GLOBALS` is empty; anything else is refused with its name;
+   (`checkpoint_file.read_checkpoint` reads the file and names what else it is, if anything);
 2. the hyperparameters: `DiffusionModule` instantiates the `_target_` of its network (and, for
    training, of its optimizer and LR scheduler) by name, so a hyperparameter `_target_: os.system`
    would run a command. Only targets under `SAFE_TARGET_PREFIXES` are built.
@@ -17,7 +18,6 @@ its author put in it. Two doors stay open even with `weights_only=True`, and bot
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -66,40 +66,25 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def load_checkpoint(path: str | Path, trust_checkpoint: bool = False, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint dict of `path`, unpickled with `weights_only=True` unless trusted, and its
-    hyperparameters checked by `check_targets`. Raises FileNotFoundError / ValueError, one line."""
+def load_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """The checkpoint dict of `path` (tensors memory-mapped), unpickled with `weights_only=True`
+    unless trusted, and its hyperparameters checked by `check_targets`. Raises FileNotFoundError /
+    ValueError with one line: a global the pickle needs and how to opt in, or (through
+    `checkpoint_file.read_checkpoint`) what else the file is instead of a train.py checkpoint."""
+    from ddpm_lightning.checkpoint_file import read_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if trust_checkpoint:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     else:
         unsafe = _unsafe_globals(path)
         if unsafe:
             raise ValueError(f"{path} needs globals that are not allow-listed to unpickle: {unsafe}; {OPT_IN}")
-        try:
-            with torch.serialization.safe_globals(list(EXTRA_SAFE_GLOBALS)):
-                ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as err:
-            # torch's message is many lines; its first names the offending global or opcode
-            first = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
-            raise ValueError(f"{path} cannot be loaded safely ({first or type(err).__name__}); {OPT_IN}") from None
-        except RuntimeError as err:
-            raise ValueError(f"{path} is not a checkpoint torch can read: {str(err).splitlines()[0]}") from None
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
-    check_targets(ckpt.get("hyper_parameters", {}), path, trust_checkpoint)
-    return ckpt
-
-
-def load_module(path: str | Path, trust_checkpoint: bool = False, map_location: Any = None, **kwargs: Any):
-    """A `DiffusionModule` from a `.ckpt` file (its EMA weights, as `load_from_checkpoint`) or
-    from a folder written by `python -m ddpm_lightning.export format=safetensors`. This is what
-    the command-line tools call for `ckpt=PATH`."""
-    from ddpm_lightning.module import DiffusionModule
-
-    path = Path(path)
-    if path.is_dir():
-        return DiffusionModule.from_pretrained(path, trust_checkpoint=trust_checkpoint, map_location=map_location)
-    return DiffusionModule.load_from_checkpoint(path, map_location=map_location, trust_checkpoint=trust_checkpoint, **kwargs)
+        with torch.serialization.safe_globals(list(EXTRA_SAFE_GLOBALS)):
+            checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    check_targets(checkpoint.get("hyper_parameters", {}), path, trust_checkpoint)
+    return checkpoint

@@ -31,6 +31,7 @@ def check_out(out: str | Path, overwrite: bool) -> Path:
 
 def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = False, trust_checkpoint: bool = False) -> Path:
     """Export checkpoint `ckpt` as `format` into folder `out`; returns `out`."""
+    from ddpm_lightning.checkpoint_file import load_module
     from ddpm_lightning.export.to_diffusers import check_exportable, export_diffusers
     from ddpm_lightning.export.to_onnx import export_onnx
     from ddpm_lightning.export.to_safetensors import export_safetensors
@@ -41,7 +42,11 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
         raise ValueError(f"unknown format={format!r}; choose one of {list(FORMATS)}")
     out = check_out(out, overwrite)
     # the module is built for every format: its hyperparameters must rebuild it before anything is written
-    module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu", trust_checkpoint=trust_checkpoint).eval()
+    checkpoint = load_checkpoint(ckpt, trust_checkpoint)  # one line naming a refused global or _target_
+    if trust_checkpoint:
+        module = DiffusionModule.load_from_checkpoint(ckpt, map_location="cpu", trust_checkpoint=True).eval()
+    else:
+        module = load_module(ckpt, device="cpu")  # one line for a file that is not a train.py checkpoint
     if format == "diffusers":
         check_exportable(module)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +54,7 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
         if format == "diffusers":
             export_diffusers(module, tmp)
         elif format == "safetensors":  # the raw checkpoint: EMA and live weights
-            export_safetensors(load_checkpoint(ckpt, trust_checkpoint), tmp)
+            export_safetensors(checkpoint, tmp)
         else:
             export_onnx(module, tmp)
         out.mkdir(exist_ok=True)
