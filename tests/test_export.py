@@ -114,6 +114,25 @@ def test_a_diffusers_pipeline_folder_samples_with_our_sampler_like_ddim_pipeline
     np.testing.assert_allclose(to_pipeline_image(ours), want, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("schedule, theirs", [
+    ({"name": "linear"}, "linear"), ({"name": "scaled_linear"}, "scaled_linear"), ({"name": "quadratic"}, "scaled_linear"),
+    ({"name": "cosine"}, "squaredcos_cap_v2"), ({"name": "sigmoid_geodiff"}, "sigmoid"), ({"name": "sigmoid"}, None),
+    ({"name": "cosine", "s": 0.02}, None), ({"name": "linear", "zero_terminal_snr": True}, "linear"),
+    ({"name": [0.01, 0.02, 0.05, 0.1]}, None),
+])
+def test_every_schedule_maps_to_a_diffusers_config_and_back(schedule, theirs):
+    from ddpm_lightning.export.diffusers_scheduler import beta_schedule_kwargs, schedule_from_config
+    from ddpm_lightning.process import DiffusionProcess
+
+    process = DiffusionProcess(**{"num_timesteps": 1000, **schedule})
+    kwargs = beta_schedule_kwargs(process)
+    assert kwargs.get("beta_schedule") == theirs and (theirs is not None or kwargs["trained_betas"])
+    reference = DDPMScheduler(**kwargs)
+    torch.testing.assert_close(reference.alphas_cumprod.double(), process.alphas_cumprod.double(), rtol=1e-5, atol=1e-7)
+    back = DiffusionProcess(**schedule_from_config(reference.config))
+    torch.testing.assert_close(back.alphas_cumprod, process.alphas_cumprod, rtol=1e-5, atol=1e-7)
+
+
 def test_pretrained_network_config_loads_a_diffusers_unet_folder(make_cfg, tmp_path):
     torch.manual_seed(2)
     unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32), norm_num_groups=8,
