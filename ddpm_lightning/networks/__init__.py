@@ -7,7 +7,8 @@ Any `nn.Module` with that contract can be used through a Hydra `_target_`; see
 
 from ddpm_lightning.networks.build import check_network, fill_shape_keys
 from ddpm_lightning.networks.mlp import MLPDenoiser
+from ddpm_lightning.networks.pretrained import PretrainedUNet
 from ddpm_lightning.networks.presets import build_network, network_config, presets
 from ddpm_lightning.networks.unet import UNet
 
-__all__ = ["MLPDenoiser", "UNet", "build_network", "check_network", "fill_shape_keys", "network_config", "presets"]
+__all__ = ["MLPDenoiser", "PretrainedUNet", "UNet", "build_network", "check_network", "fill_shape_keys", "network_config", "presets"]

@@ -1,0 +1,111 @@
+"""Export the Denoiser (network + parameterization) to ONNX, with the schedule as JSON, so a
+sampler written in another language (onnxruntime-web, issue 15) needs nothing else.
+
+`denoiser.onnx` (opset 17, fp32, one file):
+
+* inputs `x_t` float32 (batch, *data_shape) and `t` float32 (batch,): integer timesteps in
+  [0, T) given as floats, because int64 inputs are poorly supported by the WebGL/WebGPU backends
+  (onnxruntime #9724, #14589); the graph rounds and casts t itself;
+* outputs `x0` and `eps` (batch, *data_shape): the parameterization is inside the graph, so the
+  caller steps with (x0_hat, eps_hat) whatever the model predicts; a model with a learned
+  variance also outputs `log_var` (log Sigma_t) and, for `learned_range`, `var_frac` (its eq. 15
+  fraction, for respaced sampling).
+
+GroupNorm is exported by the TorchScript exporter as InstanceNormalization + Mul + Add, not as
+GroupNormalization-21, which onnxruntime does not implement (#24538). Models over 2 GB would need
+external data; the exporter writes it next to the file only then.
+
+`schedule.json`: T, alphas_cumprod (float64), parameterization, data shape, value range (images
+in [-1, 1]), the default sampler spec and its timesteps, and the input/output names.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ONNX_FILE = "denoiser.onnx"
+SCHEDULE_FILE = "schedule.json"
+OPSET = 17  # >= 17: LayerNormalization; below 18, so no GroupNormalization op can appear
+
+
+def output_names(variance: str) -> list[str]:
+    """x0 and eps; a learned variance adds log_var (log Sigma_t) and, for learned_range, var_frac."""
+    return ["x0", "eps", *{"fixed": [], "learned": ["log_var"], "learned_range": ["log_var", "var_frac"]}[variance]]
+
+
+class OnnxDenoiser(nn.Module):
+    """(x_t, t float32) -> (x0_hat, eps_hat[, log_var, var_frac]): the module's Denoiser with t
+    cast in the graph."""
+
+    def __init__(self, denoiser: nn.Module, num_timesteps: int) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.num_timesteps = num_timesteps
+        self.outputs = output_names(getattr(denoiser, "variance", "fixed"))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        t = t.round().clamp(0, self.num_timesteps - 1).to(torch.int64)  # (B,) timesteps
+        pred = self.denoiser(x_t, t)
+        return tuple(getattr(pred, name) for name in self.outputs)
+
+
+def schedule_info(module: Any) -> dict[str, Any]:
+    """What a sampler outside PyTorch needs besides the graph."""
+    sampler, num_steps = module.make_sampler()
+    timesteps = sampler.set_timesteps(num_steps)
+    spec = dict(module.hparams.sampler)
+    spec["clip_denoised"] = bool(sampler.clip_denoised)
+    shape = list(module.data_shape)
+    return {
+        "format": "ddpm_lightning.onnx",
+        "version": 1,
+        "model": ONNX_FILE,
+        "inputs": {"x_t": ["batch", *shape], "t": ["batch"]},
+        "input_dtypes": {"x_t": "float32", "t": "float32 (integer timesteps in [0, T))"},
+        "outputs": output_names(getattr(module.denoiser, "variance", "fixed")),
+        "variance": getattr(module.denoiser, "variance", "fixed"),
+        "num_timesteps": module.num_timesteps,
+        "alphas_cumprod": module.process.alphas_cumprod_f64.tolist(),
+        "schedule": dict(module.process.config),
+        "parameterization": module.parameterization.name,
+        "data_shape": shape,
+        "value_range": [-1.0, 1.0] if len(shape) == 3 else None,
+        "sampler": spec,
+        "sampler_timesteps": timesteps.tolist(),
+    }
+
+
+def export_onnx(module: Any, out: str | Path, opset: int = OPSET) -> Path:
+    """Write `denoiser.onnx` and `schedule.json` of `module` in `out`; returns the .onnx path."""
+    if module.data_shape is None:
+        raise ValueError("the model has no data_shape: pass data_shape= to DiffusionModule before exporting to ONNX")
+    out = Path(out)
+    info = schedule_info(module)
+    module = module.to("cpu").float()
+    graph = OnnxDenoiser(module.denoiser, module.num_timesteps).eval()
+    was_training = module.training
+    module.eval()
+    x = torch.zeros(2, *module.data_shape)
+    t = torch.tensor([0.0, module.num_timesteps - 1.0])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ONNX_FILE
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # the tracer warns about shape-dependent Python branches in diffusers (batch >= 64
+            # takes a .contiguous() copy): they change no value, the batch axis stays dynamic
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                graph, (x, t), str(path), dynamo=False, opset_version=opset,
+                input_names=["x_t", "t"], output_names=graph.outputs,
+                dynamic_axes={name: {0: "batch"} for name in ("x_t", "t", *graph.outputs)},
+            )
+    finally:
+        module.train(was_training)
+    (out / SCHEDULE_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    return path
