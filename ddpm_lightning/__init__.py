@@ -22,10 +22,14 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # The Lightning side is imported lazily: the math stays importable without loading Lightning.
-    if name in ("DiffusionModule", "noise_loader"):
+    if name == "DiffusionModule":
         from ddpm_lightning import module
 
-        return getattr(module, name)
+        return module.DiffusionModule
+    if name == "noise_loader":
+        from ddpm_lightning.noise import noise_loader
+
+        return noise_loader
     if name in ("EMA", "FID", "SampleGrid"):
         from ddpm_lightning import callbacks
 

@@ -1,5 +1,6 @@
 """Reading a checkpoint for the sample and evaluate commands: `load_module(path)` is
-`DiffusionModule.load_from_checkpoint` with one line for every file that is not what train.py
+`DiffusionModule.load_from_checkpoint` (or `from_pretrained` for an exported folder, or a
+diffusers pipeline folder) with one line for every file that is not what train.py
 writes (missing, empty, truncated, not a torch file, a plain `torch.save(state_dict)`, another
 project's .pt, a checkpoint of another network), saying what the file is and what was expected.
 
@@ -88,16 +89,26 @@ def _state_dict_mismatch(path: Path, checkpoint: dict[str, Any], err: RuntimeErr
     )
 
 
-def load_module(ckpt: str | Path, device: str = "auto"):
-    """The DiffusionModule of a train.py checkpoint, in eval mode, on `device` (auto: cuda if any)."""
+def load_module(ckpt: str | Path, device: str = "auto", trust_checkpoint: bool = False):
+    """The DiffusionModule of `ckpt`, in eval mode, on `device` (auto: cuda if any): a train.py
+    checkpoint (read safely: `ddpm_lightning.safe_load`), a folder written by
+    `python -m ddpm_lightning.export format=safetensors` (nothing unpickled), or a diffusers
+    DDPM/DDIM pipeline folder (unet/ + scheduler/, its scheduler config gives the schedule)."""
     from ddpm_lightning.module import DiffusionModule
+    from ddpm_lightning.safe_load import load_checkpoint
 
     path = Path(ckpt)
-    checkpoint = read_checkpoint(path)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if path.is_dir():
+        if (path / "unet").is_dir() or (path / "model_index.json").is_file():
+            from ddpm_lightning.export.pipeline import module_from_pipeline
+
+            return module_from_pipeline(path).to(device).eval()
+        return DiffusionModule.from_pretrained(path, trust_checkpoint=trust_checkpoint, map_location=device).eval()
+    checkpoint = load_checkpoint(path, trust_checkpoint)
     try:
-        module = DiffusionModule.load_from_checkpoint(path, map_location=device, weights_only=True)
+        module = DiffusionModule.load_from_checkpoint(path, map_location=device, trust_checkpoint=trust_checkpoint)
     except RuntimeError as err:
         if "Error(s) in loading state_dict" not in str(err):
             raise

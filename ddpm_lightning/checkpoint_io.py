@@ -12,16 +12,14 @@ A kill during a save leaves the temporary file (`.last.ckpt.<pid>.tmp`); `remove
 deletes those of processes no longer alive, at the start of the next run in that directory.
 
 Loading turns a file that is not a Lightning checkpoint (truncated, empty, garbage, a plain
-state dict) into one line naming the file and what was expected; `check_checkpoint_file` does
-the cheap part of that check (is it a complete torch zip archive?) before any work starts.
+state dict) into one line naming the file and what was expected (`checkpoint_file.read_checkpoint`,
+the one reader the commands share).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,11 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ddpm_lightning.checkpoint_file import read_checkpoint
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
-EXPECTED = "a checkpoint written by train.py (e.g. <run dir>/checkpoints/last.ckpt)"
 
 
 def temp_path(path: Path) -> Path:
@@ -65,23 +64,6 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
     return removed
 
 
-def check_checkpoint_file(path: str | Path) -> None:
-    """ValueError (one line) unless `path` is a complete torch zip archive, the format
-    `torch.save` writes: a truncated file has lost the archive's directory, which sits at its end."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path {str(path)!r} does not exist")
-    size = path.stat().st_size
-    try:
-        with zipfile.ZipFile(path) as archive:
-            complete = any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"ckpt_path {str(path)!r} ({size} bytes) is not a readable checkpoint "
-                         f"(truncated or not written by torch.save: {err}); expected {EXPECTED}") from None
-    if not complete:
-        raise ValueError(f"ckpt_path {str(path)!r} is a zip archive but not a torch checkpoint; expected {EXPECTED}")
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` with atomic local saves and one-line errors for unreadable files."""
 
@@ -106,18 +88,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Callable | None = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
         if _is_local_file_protocol(path):
-            check_checkpoint_file(path)
-        try:
-            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        except (RuntimeError, EOFError, KeyError, OSError, ValueError, pickle.UnpicklingError) as err:
-            if isinstance(err, FileNotFoundError):
-                raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"ckpt_path {str(path)!r} cannot be read ({first}); expected {EXPECTED}") from None
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
-            keys = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-            raise ValueError(f"ckpt_path {str(path)!r} is not a Lightning checkpoint (it holds {keys}); expected {EXPECTED}")
-        return checkpoint
+            read_checkpoint(path)  # one line for a file that is not a train.py checkpoint
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -152,7 +152,7 @@ def run_fid(args: dict[str, Any]) -> dict[str, Any]:
         fake_images = fake_images[:n]
         result["samples"] = {"source": "npz", "path": str(args["samples"]), "n": n}
     else:
-        module = load_module(args["ckpt"], str(device))
+        module = load_module(args["ckpt"], str(device), bool(args["trust_checkpoint"]))
         fake_shape = tuple(module.data_shape)
         n = args["n"] or DEFAULT_N
         spec = args["sampler_spec"] = sampler_spec(args["cfg"], module.hparams.sampler)
@@ -240,7 +240,7 @@ def run_bpd(args: dict[str, Any]) -> dict[str, Any]:
     if args["samples"] or args["ref"]:
         raise ValueError("metric=bpd scores a model on real data (ckpt= and data=); samples= and ref= do not apply")
     device = resolve_device(args["device"])
-    module = load_module(args["ckpt"], str(device))
+    module = load_module(args["ckpt"], str(device), bool(args["trust_checkpoint"]))
     if module.data_shape is None or len(module.data_shape) != 3:
         raise ValueError(
             f"bits/dim needs an image model (its decoder is over 8-bit pixels); this checkpoint's data has "

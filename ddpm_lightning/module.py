@@ -35,10 +35,11 @@ from ddpm_lightning.errors import user_errors
 from ddpm_lightning.denoiser import Cond, Denoiser
 from ddpm_lightning.losses import DiffusionLoss
 from ddpm_lightning.networks.build import check_network, fill_shape_keys
-from ddpm_lightning.noise import fixed_noise
+from ddpm_lightning.noise import noise_loader  # noqa: F401  (importable from here as before)
 from ddpm_lightning.parameterizations import Parameterization
 from ddpm_lightning.process import DiffusionProcess, randn
 from ddpm_lightning.samplers import Sampler, get_sampler
+from ddpm_lightning.samplers.presets import sampler_preset
 from ddpm_lightning.sampling import SampleOutput, denoising_loop
 from ddpm_lightning.timestep_samplers import LossSecondMomentSampler
 from ddpm_lightning.variance import output_channels_factor
@@ -385,23 +386,3 @@ class DiffusionModule(L.LightningModule):
         module = cls(**{**hparams, **overrides})
         module.load_state_dict(state)
         return module.to(map_location) if map_location is not None else module
-
-
-def sampler_preset(name: str) -> dict[str, Any]:
-    """The options of sampler `name` from its preset (conf/sampler/<name>.yaml), or just the
-    name for a sampler without one."""
-    path = Path(__file__).resolve().parent / "conf" / "sampler" / f"{name}.yaml"
-    if not path.is_file():
-        return {"name": name}  # get_sampler names the valid choices if this one is unknown
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-
-
-def noise_loader(n: int, data_shape: Sequence[int], batch_size: int = 256, seed: int = 0) -> torch.utils.data.DataLoader:
-    """A loader of n fixed starting noises for `Trainer.predict(module, noise_loader(...))`.
-
-    Noise i is a function of (seed, i) only, so the samples do not depend on the batch size or
-    on how the loader is split across processes."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
-    noise = fixed_noise(range(n), data_shape, seed)  # (n, *data_shape)
-    return torch.utils.data.DataLoader(noise, batch_size=batch_size, shuffle=False)

@@ -64,3 +64,14 @@ def fixed_samples(module, indices: Sequence[int] | range, seed: int = 0, **sampl
     return module.sample(
         noise=fixed_noise(indices, module.data_shape, seed), generator=sample_generators(indices, seed), **sample_kwargs
     )
+
+
+def noise_loader(n: int, data_shape: Sequence[int], batch_size: int = 256, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A loader of n fixed starting noises for `Trainer.predict(module, noise_loader(...))`.
+
+    Noise i is a function of (seed, i) only, so the samples do not depend on the batch size or
+    on how the loader is split across processes."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
+    noise = fixed_noise(range(n), data_shape, seed)  # (n, *data_shape)
+    return torch.utils.data.DataLoader(noise, batch_size=batch_size, shuffle=False)

@@ -81,7 +81,8 @@ def load_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[st
     else:
         unsafe = _unsafe_globals(path)
         if unsafe:
-            raise ValueError(f"{path} needs globals that are not allow-listed to unpickle: {unsafe}; {OPT_IN}")
+            raise ValueError(f"checkpoint {str(path)!r} holds Python objects beyond tensors and plain data ({unsafe}), "
+                             f"which are not loaded because unpickling them could run code; {OPT_IN}")
         with torch.serialization.safe_globals(list(EXTRA_SAFE_GLOBALS)):
             checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, Mapping):

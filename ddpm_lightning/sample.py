@@ -106,12 +106,15 @@ def save(samples: torch.Tensor, out: str | Path) -> dict[str, Path]:
 
 def run(cfg: DictConfig, out: str | Path) -> dict[str, Path]:
     """Sample as `cfg` (a composed conf/sample.yaml) says and write the files into `out`."""
-    if not cfg.ckpt:
-        raise ValueError("ckpt=PATH is required (a checkpoint written by train.py)")
+    if cfg.ckpt and cfg.pipeline:
+        raise ValueError("give ckpt=PATH or pipeline=DIR (the model to sample), not both")
+    if not cfg.ckpt and not cfg.pipeline:
+        raise ValueError("ckpt=PATH is required (a checkpoint written by train.py, or an exported folder; "
+                         "or pipeline=DIR, a diffusers pipeline folder)")
     _positive_int(cfg, "n")
     _positive_int(cfg, "batch_size")
     set_host_malloc(cfg.host_malloc)
-    module = load_module(cfg.ckpt, cfg.device)
+    module = load_module(cfg.ckpt or cfg.pipeline, cfg.device, bool(cfg.trust_checkpoint))
     samples = generate(module, cfg, sampler_spec(cfg, module.hparams.sampler))
     paths = save(samples, out)
     print(f"wrote {len(samples)} samples to {paths['npz']} and {paths['grid']}")

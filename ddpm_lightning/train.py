@@ -25,12 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning import distributed
 from ddpm_lightning.callbacks.nonfinite_loss import NonFiniteLoss
-from ddpm_lightning.checkpoint_io import check_checkpoint_file
 from ddpm_lightning.cli import hydra_user_errors
 from ddpm_lightning.errors import one_line_errors, user_errors
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.loggers import finish_runs, name_sweep_runs
 from ddpm_lightning.run_dir import check_run_dir, clear_run_dir
+from ddpm_lightning.safe_load import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     set_host_malloc(cfg.get("host_malloc", "system"))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
-        check_checkpoint_file(ckpt_path)
+        load_checkpoint(ckpt_path, bool(cfg.get("trust_checkpoint", False)))  # one line for a bad file, before any work
     NonFiniteLoss(cfg.get("nan_policy", "stop"))  # a bad nan_policy fails here, before any work
     run_dir = OmegaConf.select(cfg, "paths.output_dir")
     earlier = check_run_dir(run_dir, bool(cfg.get("overwrite", False)), ckpt_path) if run_dir else []
