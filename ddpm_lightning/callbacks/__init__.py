@@ -1,7 +1,8 @@
-"""Callbacks: everything that is not the research code (EMA, pictures, metrics)."""
+"""Callbacks: everything that is not the research code (EMA, pictures, metrics, random state)."""
 
 from ddpm_lightning.callbacks.ema import EMA
 from ddpm_lightning.callbacks.fid import FID
+from ddpm_lightning.callbacks.rng_state import RNGState
 from ddpm_lightning.callbacks.sample_grid import SampleGrid
 
-__all__ = ["EMA", "FID", "SampleGrid"]
+__all__ = ["EMA", "FID", "RNGState", "SampleGrid"]
