@@ -22,10 +22,9 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ddpm_lightning.data.datasets import RandomHFlip
-from ddpm_lightning.data.resumable import resumable_loader, run_seed
+from ddpm_lightning.data.resumable import ResumableLoader, resumable_loader, run_seed
 
 SPLITS = ("train", "val")
 
@@ -131,7 +130,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self._indices = {"val": perm[:n_val], "train": perm[n_val:]}
         self._pool = pool
 
-    def train_dataloader(self) -> StatefulDataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         """The shuffled training split, resumable mid-epoch (see `ddpm_lightning.data.resumable`).
 
         Under DDP (a Trainer attached) each rank gets its share, as Lightning's injected
@@ -149,6 +148,7 @@ class DiffusionDataModule(L.LightningDataModule):
             drop_last=self.drop_last,
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
+            epoch_done=(lambda: trainer.fit_loop.epoch_loop.batch_progress.is_last_batch) if trainer is not None else None,
             **self._worker_kwargs(),
         )
 
