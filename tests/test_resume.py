@@ -3,8 +3,8 @@ bit-identical to the uninterrupted run: weights, EMA, optimizer, LR schedule, lo
 the data loader's position, because the data order, the flips and the noise / timestep draws
 continue where they stopped (ddpm_lightning/data/resumable.py, callbacks/rng_state.py).
 
-The runs use a training split of 180 digits (val_fraction=0.9): 11 batches of 16 per epoch, so
-a 21-step run crosses two epoch boundaries and most resume steps are mid-epoch.
+The runs use a training split of 198 digits (val_fraction=0.89): 12 batches of 16 per epoch, so
+a 20-step run crosses an epoch boundary and most resume steps are mid-epoch.
 """
 
 from __future__ import annotations
@@ -25,13 +25,20 @@ from ddpm_lightning.callbacks import RNGState
 from ddpm_lightning.data import DigitsDataModule
 from ddpm_lightning.train import train
 
-BATCHES_PER_EPOCH = 11  # 180 training digits // 16
+BATCHES_PER_EPOCH = 12  # 198 training digits // 16
+EVERY = 2  # steps between checkpoints
 
 
 def run_args(**replace: str) -> list[str]:
-    """The overrides of the test run (TINY, 21 steps, validation every 10), some replaced."""
-    settings = {"data.val_fraction": "0.9", "trainer.max_steps": "21", "trainer.val_check_interval": "10",
-                "callbacks.sample_grid.every_n_steps": "10", "callbacks.model_checkpoint.every_n_train_steps": "3"}
+    """The overrides of the test run, some replaced: TINY, 20 steps, validation and a sample grid
+    every 7, a checkpoint every 2 steps, each one kept (so any even step can be resumed from;
+    monitor=null: with a monitor, Lightning defers a save to the next validation).
+
+    No resume step here is a validation step: a checkpoint saved by `every_n_train_steps` is
+    written before that step's validation, which a run resumed from it does not repeat."""
+    settings = {"data.val_fraction": "0.89", "trainer.max_steps": "20", "trainer.val_check_interval": "7",
+                "callbacks.sample_grid.every_n_steps": "7", "callbacks.model_checkpoint.every_n_train_steps": str(EVERY),
+                "callbacks.model_checkpoint.monitor": "null", "callbacks.model_checkpoint.save_top_k": "-1"}
     return ["trainer.accelerator=cpu", "logger=none", "~callbacks.progress_bar", "trainer.enable_progress_bar=false",
             *tiny(**{**settings, **replace})]
 
@@ -95,7 +102,7 @@ def epochs(loader, start_epoch: int, n: int) -> list[torch.Tensor]:
 @pytest.mark.parametrize("stop", [3, BATCHES_PER_EPOCH])  # mid-epoch, and at the epoch's last batch
 def test_training_loader_resumes_order_and_flips(num_workers, stop):
     def loader():
-        return DigitsDataModule(batch_size=16, val_fraction=0.9, hflip=True, shuffle_seed=7,
+        return DigitsDataModule(batch_size=16, val_fraction=0.89, hflip=True, shuffle_seed=7,
                                 num_workers=num_workers).train_dataloader()
 
     reference = epochs(loader(), 0, 3)
@@ -118,10 +125,10 @@ def test_training_loader_resumes_order_and_flips(num_workers, stop):
 
 
 def test_a_plain_loop_gets_a_new_order_every_pass():
-    loader = DigitsDataModule(batch_size=16, val_fraction=0.9, shuffle_seed=0).train_dataloader()
+    loader = DigitsDataModule(batch_size=16, val_fraction=0.89, shuffle_seed=0).train_dataloader()
     first, second = torch.cat(list(loader)), torch.cat(list(loader))
     assert not torch.equal(first, second)
-    again = DigitsDataModule(batch_size=16, val_fraction=0.9, shuffle_seed=0).train_dataloader()
+    again = DigitsDataModule(batch_size=16, val_fraction=0.89, shuffle_seed=0).train_dataloader()
     assert torch.equal(torch.cat(list(again)), first)  # reproducible from the seed
 
 
@@ -151,49 +158,48 @@ def test_rng_state_keeps_side_draws_out_of_the_training_stream():
 
 
 # ---- training runs -------------------------------------------------------------------------------
-# every step's checkpoint kept: any step can be resumed from. (monitor=null: with a monitor,
-# Lightning defers the save at an epoch's last batch to the next validation.)
-EVERY_STEP = {"callbacks.model_checkpoint.every_n_train_steps": "1", "callbacks.model_checkpoint.monitor": "null",
-              "callbacks.model_checkpoint.save_top_k": "-1"}
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
-    """The run directory of 21 steps in one go."""
+    """The run directory of the 20 steps in one go."""
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    fit(run_dir, run_args(**EVERY_STEP))
+    fit(run_dir, run_args())
     return run_dir
+
+
+def assert_same_as_uninterrupted(resumed: dict, reference: dict, resume_step: int,
+                                 batches_per_epoch: int = BATCHES_PER_EPOCH) -> None:
+    epoch = (20 - 1) // batches_per_epoch  # of the 20th step
+    assert resumed["global_step"] == reference["global_step"] == 20
+    assert resumed["epoch"] == reference["epoch"] == epoch
+    skip = ()
+    if resume_step % batches_per_epoch == 0:
+        # Lightning's bookkeeping quirk: resumed at an epoch's last batch, it starts the next epoch
+        # without counting it as ready / started (the next epoch start heals that); the epochs
+        # processed and completed, and all the training state, are exact
+        progress = resumed["loops"]["fit_loop"]["epoch_progress"]
+        for part in ("total", "current"):
+            assert [progress[part][n] for n in ("processed", "completed")] == [epoch, epoch]
+        skip = ("checkpoint/loops/fit_loop/epoch_progress",)
+    assert_same_state(resumed, reference, skip=skip)
 
 
 @pytest.mark.parametrize("resume_step", [10, BATCHES_PER_EPOCH])  # mid-epoch; at an epoch's end
 def test_resumed_trainer_matches_the_uninterrupted_run_exactly(uninterrupted, tmp_path, resume_step):
-    """A new Trainer resumes from the checkpoint of `resume_step` and trains to step 21."""
+    """A new Trainer resumes from the checkpoint of `resume_step` and trains to step 20."""
     checkpoint = uninterrupted / "checkpoints" / f"best-step{resume_step}.ckpt"
     assert torch.load(checkpoint, weights_only=False)["global_step"] == resume_step
-    resumed = fit(tmp_path, run_args(**EVERY_STEP) + [f"ckpt_path={checkpoint}"])
-    reference = load(uninterrupted)
-    assert resumed["global_step"] == 21 and resumed["epoch"] == reference["epoch"] == 1
-    skip = ()
-    if resume_step == BATCHES_PER_EPOCH:
-        # Lightning's bookkeeping quirk: resumed at an epoch's last batch, it starts the next epoch
-        # without counting it as ready / started (the next epoch start heals that); the epochs
-        # processed and completed, and all the training state, are exact
-        progress = "loops/fit_loop/epoch_progress"
-        for part in ("total", "current"):
-            for count in ("processed", "completed"):
-                assert resumed["loops"]["fit_loop"]["epoch_progress"][part][count] == 1
-        skip = (f"checkpoint/{progress}",)
-    assert_same_state(resumed, reference, skip=skip)
+    resumed = fit(tmp_path, run_args() + [f"ckpt_path={checkpoint}"])
+    assert_same_as_uninterrupted(resumed, load(uninterrupted), resume_step)
 
 
-def kill_and_resume_steps(seed: int, every: int = 3, last: int = 20) -> tuple[int, int]:
+def kill_and_resume_steps(seed: int, last: int = 19) -> tuple[int, int]:
     """A step to kill at, drawn with a seeded generator (the same each time, printed), and the
     step of the last checkpoint before it (the kill comes before the checkpoint of its own step)."""
-    kill_step = random.Random(seed).randint(every + 1, last)
-    return kill_step, (kill_step - 1) // every * every
+    kill_step = random.Random(seed).randint(EVERY + 1, last)
+    return kill_step, (kill_step - 1) // EVERY * EVERY
 
 
-def test_killed_run_resumes_bit_identical(tmp_path):
+def test_killed_run_resumes_bit_identical(uninterrupted, tmp_path):
     kill_step, resume_step = kill_and_resume_steps(2026)
     print(f"SIGKILL after step {kill_step}; resuming from the checkpoint of step {resume_step}")
     killed = tmp_path / "killed"
@@ -201,9 +207,7 @@ def test_killed_run_resumes_bit_identical(tmp_path):
               f"+callbacks.kill.step={kill_step}", cwd=tmp_path, returncode=-signal.SIGKILL)
     assert load(killed)["global_step"] == resume_step, f"killed at {kill_step}"
     resumed = fit(tmp_path / "resumed", run_args() + [f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}"])
-    reference = fit(tmp_path / "uninterrupted", run_args())
-    assert resumed["global_step"] == reference["global_step"] == 21
-    assert_same_state(resumed, reference)
+    assert_same_as_uninterrupted(resumed, load(uninterrupted), resume_step)
 
 
 @pytest.mark.slow
@@ -222,5 +226,5 @@ def test_killed_command_line_run_resumes_bit_identical(tmp_path, devices):
     assert checkpoint["global_step"] == resume_step
     assert len(checkpoint["callbacks"]["RNGState"]["states"]) == devices  # every rank's stream
     run_train(*args, f"hydra.run.dir={resumed}", f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
-    assert load(resumed)["global_step"] == 21
-    assert_same_state(load(resumed), load(reference))
+    # each of the `devices` ranks has 198 / devices digits: 12 / devices batches per epoch
+    assert_same_as_uninterrupted(load(resumed), load(reference), resume_step, BATCHES_PER_EPOCH // devices)
