@@ -56,7 +56,7 @@ class DiffusionDataModule(L.LightningDataModule):
         split_seed: seed of the generator that makes the train / val split.
         drop_last: drop the last incomplete training batch, so every step sees `batch_size`.
         shuffle_seed: seed of the training order and flips (order of epoch e: a permutation
-            seeded `shuffle_seed + e`); None: the run's `seed`.
+            seeded `shuffle_seed + e`); None: the run's `seed` (0 without one).
 
     Subclasses set `name`, `data_shape` and `is_image` in `__init__` (before `setup`, since the
     model is built from `data_shape`) and implement `_build_pool()`.

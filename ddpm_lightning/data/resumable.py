@@ -14,9 +14,8 @@ needs only that count (`EpochSampler` adds the epoch, and worker seeds that foll
 A `RandomSampler` with a running generator would need its generator saved too, and torchdata's
 own (torchdata 0.11) restores it one draw behind: the DataLoader iterator draws its base seed
 from that generator after the sampler saved it, so every epoch after a resumed one came out
-in another order. The same sampler serves one process
-(`num_replicas=1`) and DDP (each rank its share, as Lightning's injected `DistributedSampler`
-would, which Lightning then leaves alone).
+in another order. The same sampler serves one process (`num_replicas=1`) and DDP (each rank
+its share, as the `DistributedSampler` Lightning would inject; being one, it is left alone).
 """
 
 from __future__ import annotations
