@@ -157,6 +157,16 @@ def test_rng_state_keeps_side_draws_out_of_the_training_stream():
     assert torch.equal(draw(), stream[2])
 
 
+def test_rng_state_of_another_process_count_is_not_applied():
+    two_ranks = {"states": [None, None]}  # saved by a 2-process run
+    cb = RNGState()
+    with pytest.warns(UserWarning, match="random state of 2 process"):
+        cb.load_state_dict(two_ranks)
+    state = torch.get_rng_state()
+    cb.on_train_batch_start(None, None, None, 0)  # nothing to restore: the generators stay as they are
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 # ---- training runs -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:

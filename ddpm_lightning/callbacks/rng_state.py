@@ -67,7 +67,10 @@ class RNGState(Callback):
         self._device = torch.device("cpu")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        # before a checkpoint is restored (Lightning: setup, then restore): a new fit starts
+        # from the generators as they are, a resumed one from the checkpoint's snapshot
         self._trainer, self._device = trainer, pl_module.device
+        self._snapshot, self._in_batch = None, False
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._device = pl_module.device  # moved to its device after setup
