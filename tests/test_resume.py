@@ -178,6 +178,11 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def assert_same_as_uninterrupted(resumed: dict, reference: dict, resume_step: int,
                                  batches_per_epoch: int = BATCHES_PER_EPOCH) -> None:
+    # what is compared: EMA weights (state_dict), live weights, optimizer and LR schedule, the EMA
+    # callback's average and count, each rank's random state, loop counters and loader position
+    assert {"state_dict", "current_model_state", "optimizer_states", "lr_schedulers", "loops"} <= reference.keys()
+    assert {"EMA", "RNGState"} <= reference["callbacks"].keys()
+    assert reference["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     epoch = (20 - 1) // batches_per_epoch  # of the 20th step
     assert resumed["global_step"] == reference["global_step"] == 20
     assert resumed["epoch"] == reference["epoch"] == epoch
