@@ -47,10 +47,10 @@ def tiny(**replace: str) -> list[str]:
     return out + [f"{k}={v}" for k, v in replace.items()]
 
 
-def run_train(*args: str, cwd: Path, timeout: float = 300, launcher: list[str] | None = None) -> str:
+def run_train(*args: str, cwd: Path, timeout: float = 300, launcher: list[str] | None = None, returncode: int = 0) -> str:
     """Run `python train.py args` (or `launcher args`) in its own process group, as a user would;
     kill the whole group if it outlives `timeout` (a hung DDP run fails instead of hanging the
-    suite). Returns stdout + stderr; fails the test on a non-zero exit."""
+    suite). Returns stdout + stderr; fails the test on an exit code other than `returncode`."""
     env = {
         **os.environ,
         "WANDB_MODE": "offline",
@@ -65,7 +65,7 @@ def run_train(*args: str, cwd: Path, timeout: float = 300, launcher: list[str] |
         os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
         pytest.fail(f"`{' '.join(command)}` still running after {timeout} s (a DDP hang?)\n{output[-5000:]}")
-    assert proc.returncode == 0, output[-8000:]
+    assert proc.returncode == returncode, output[-8000:]
     return output
 
 

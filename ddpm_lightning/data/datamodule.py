@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ddpm_lightning.data.datasets import RandomHFlip
+from ddpm_lightning.data.resumable import ResumableLoader, resumable_loader, run_seed
 
 SPLITS = ("train", "val")
 
@@ -53,6 +55,8 @@ class DiffusionDataModule(L.LightningDataModule):
             no validation loader (an empty list, which Lightning skips).
         split_seed: seed of the generator that makes the train / val split.
         drop_last: drop the last incomplete training batch, so every step sees `batch_size`.
+        shuffle_seed: seed of the training order and flips (order of epoch e: a permutation
+            seeded `shuffle_seed + e`); None: the run's `seed` (0 without one).
 
     Subclasses set `name`, `data_shape` and `is_image` in `__init__` (before `setup`, since the
     model is built from `data_shape`) and implement `_build_pool()`.
@@ -71,6 +75,7 @@ class DiffusionDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         drop_last: bool = True,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -80,12 +85,15 @@ class DiffusionDataModule(L.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
         if isinstance(split_seed, bool) or not isinstance(split_seed, int):
             raise ValueError(f"split_seed must be an integer, got {split_seed!r}")
+        if shuffle_seed is not None and (isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int)):
+            raise ValueError(f"shuffle_seed must be an integer or null, got {shuffle_seed!r}")
         self.num_workers = num_workers
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
         self.val_fraction = float(val_fraction)
         self.split_seed = split_seed
         self.drop_last = bool(drop_last)
+        self.shuffle_seed = shuffle_seed
         self.hflip = False  # subclasses with images may turn it on
         self._pool: Dataset | None = None
         self._indices: dict[str, torch.Tensor] = {}
@@ -122,11 +130,27 @@ class DiffusionDataModule(L.LightningDataModule):
         self._indices = {"val": perm[:n_val], "train": perm[n_val:]}
         self._pool = pool
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        """The shuffled training split, resumable mid-epoch (see `ddpm_lightning.data.resumable`).
+
+        Under DDP (a Trainer attached) each rank gets its share, as Lightning's injected
+        `DistributedSampler` would give it."""
+        seed = run_seed(self.shuffle_seed)
         data: Dataset = self._subset("train")
         if self.hflip:
-            data = RandomHFlip(data)
-        return self._loader(data, shuffle=True, drop_last=self.drop_last)
+            # a seed apart from the order's: flips and permutations are independent streams
+            data = RandomHFlip(data, seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
+        trainer = self.trainer
+        return resumable_loader(
+            data,
+            self.batch_size,
+            seed,
+            drop_last=self.drop_last,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            epoch_done=(lambda: trainer.fit_loop.epoch_loop.batch_progress.is_last_batch) if trainer is not None else None,
+            **self._worker_kwargs(),
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self.split_indices("val")) == 0:
@@ -179,11 +203,16 @@ class DiffusionDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            # PyTorch refuses persistent workers without workers, so the flag is ignored there.
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            **self._worker_kwargs(),
         )
+
+    def _worker_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            # PyTorch refuses persistent workers without workers, so the flag is ignored there.
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+        }
 
 
 def data_shape_of(data: DiffusionDataModule | Mapping[str, Any]) -> tuple[int, ...]:

@@ -9,7 +9,9 @@ wraps the training split alone (`RandomHFlip`), so validation and FID samples st
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
+
+from ddpm_lightning.data.resumable import epoch_seed
 
 
 class TensorItems(Dataset):
@@ -41,17 +43,44 @@ class ImagesOnly(Dataset):
 class RandomHFlip(Dataset):
     """Mirror each image (C, H, W) left-right with probability `p`.
 
-    Draws from torch's global generator, which Lightning's `seed_everything` seeds and
-    DataLoader workers re-seed per worker, so runs are reproducible with workers too.
+    The flips draw from the wrapper's own generator, seeded from (seed, epoch) at every epoch
+    (`set_epoch`, which `EpochSampler` calls), not from torch's global one: they are then a
+    function of the seed, the epoch and the position in it, and `state_dict` / `load_state_dict`
+    carry that position (torchdata's `StatefulDataLoader` saves it in a checkpoint), so a
+    resumed run flips the same images as an uninterrupted one. Inside a DataLoader worker the
+    generator is reseeded from the worker's seed at its first item (unless a saved state was
+    loaded there), so workers do not repeat each other's flips.
     """
 
-    def __init__(self, data: Dataset, p: float = 0.5) -> None:
+    def __init__(self, data: Dataset, p: float = 0.5, seed: int = 0) -> None:
         self.data = data
         self.p = p
+        self.seed = seed
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(epoch_seed(seed, 0))
+        self._worker_id: int | None = None  # the worker the generator was seeded for
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:  # the same epoch again (Lightning, after a resume) keeps the position
+            self.epoch = epoch
+            self.generator.manual_seed(epoch_seed(self.seed, epoch))
 
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        info = get_worker_info()
+        if info is not None and self._worker_id != info.id:
+            self.generator.manual_seed(info.seed)
+            self._worker_id = info.id
         x = self.data[i]
-        return x.flip(-1) if torch.rand(()) < self.p else x
+        return x.flip(-1) if torch.rand((), generator=self.generator) < self.p else x
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch = state["epoch"]
+        info = get_worker_info()
+        self._worker_id = info.id if info is not None else None
