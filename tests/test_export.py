@@ -264,3 +264,32 @@ def test_a_safetensors_folder_without_its_json_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no hparams.json: not a safetensors export") as err:
         DiffusionModule.from_pretrained(out)
     _one_line(err)
+
+
+def test_sample_command_gives_the_same_samples_from_the_safetensors_export_and_samples_a_pipeline(ddim_ckpt, tmp_path):
+    from ddpm_lightning.sample import main as sample_main
+
+    st = export(ddim_ckpt, "safetensors", tmp_path / "st")
+    args = ["n=3", "sampler=ddpm", "sampler.num_steps=4", "seed=1", "progress=false"]
+    a = sample_main([f"ckpt={ddim_ckpt}", f"out={tmp_path / 'a'}", *args])
+    b = sample_main([f"ckpt={st}", f"out={tmp_path / 'b'}", *args])
+    assert np.array_equal(np.load(a["npz"])["arr_0"], np.load(b["npz"])["arr_0"])
+    pipe = export(ddim_ckpt, "diffusers", tmp_path / "pipe")
+    c = sample_main([f"pipeline={pipe}", f"out={tmp_path / 'c'}", "n=2", "sampler=dpmpp_2m", "sampler.num_steps=3", "progress=false"])
+    assert np.load(c["npz"])["arr_0"].shape[0] == 2
+    with pytest.raises(ValueError, match="not both"):
+        sample_main([f"ckpt={ddim_ckpt}", f"pipeline={pipe}", f"out={tmp_path / 'd'}"])
+
+
+def test_web_export_is_a_site_around_the_onnx_model(ddim_ckpt, tmp_path):
+    from ddpm_lightning.web.site import find_ort_dist, is_site
+
+    try:
+        find_ort_dist()
+    except FileNotFoundError as err:
+        pytest.skip(f"onnxruntime-web not installed: {err}")
+    out = export(ddim_ckpt, "web", tmp_path / "site")
+    assert is_site(out) and (out / "denoiser.onnx").is_file() and (out / "ort").is_dir()
+    schedule = json.loads((out / "schedule.json").read_text())
+    assert schedule["default_sampler"]["name"] == "ddim" and schedule["num_classes"] is None
+    assert {"clip_denoised", "alphas_cumprod", "data_shape", "value_range"} <= set(schedule)

@@ -1,6 +1,6 @@
 """The demo page in headless Chromium (slow: a model export and a browser start).
 
-A tiny model is exported (ddpm_lightning/web/fixture.py, the stand-in for issue 14's exporter),
+A tiny model is exported (ddpm_lightning/export/to_web.py, what format=web writes),
 built into a site, served on 127.0.0.1 and driven through the page's test hook `window.ddpmTest`:
 DDIM from the test's starting noise equals the Python sampler's result, DDPM runs to the end,
 bad inputs give messages. The shipped pretrained digits model is timed (DDIM-50, batch 16) and
@@ -23,7 +23,7 @@ from web_browser import chromium, chromium_path, digits_samples, open_page, serv
 
 from ddpm_lightning.noise import fixed_noise  # noqa: E402
 from ddpm_lightning.web import PRETRAINED_DIGITS, build_site, find_ort_dist  # noqa: E402
-from ddpm_lightning.web.fixture import write_model_dir  # noqa: E402
+from ddpm_lightning.export.to_web import write_model_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -100,10 +100,10 @@ def test_generate_button_and_steps_outside_one_to_T_are_refused(browser, tiny):
 
 def test_missing_model_files_disable_generate(browser, tiny):
     _, url = tiny
-    page, ready = open_page(browser, url, route=lambda p: p.route("**/model.onnx", lambda r: r.fulfill(status=404, body="")))
-    assert "model.onnx" in ready["error"]
+    page, ready = open_page(browser, url, route=lambda p: p.route("**/denoiser.onnx", lambda r: r.fulfill(status=404, body="")))
+    assert "denoiser.onnx" in ready["error"]
     assert page.is_disabled("#generate") and page.is_visible("#error")
-    assert "model.onnx" in page.inner_text("#error")
+    assert "denoiser.onnx" in page.inner_text("#error")
 
 
 def test_onnxruntime_failing_to_load_shows_an_error_line(browser, tiny):

@@ -42,7 +42,7 @@ def test_pretrained_folder_follows_the_contract():
     assert schedule["data_shape"] == [1, 16, 16] and schedule["num_classes"] is None
     data = json.loads((PRETRAINED_DIGITS / "data_samples.json").read_text())
     assert len(data["data"]) == data["shape"][0] * 256 and max(map(abs, data["data"])) <= 1.0
-    assert (PRETRAINED_DIGITS / "model.onnx").stat().st_size < 8 * 2**20  # a few MB
+    assert (PRETRAINED_DIGITS / "denoiser.onnx").stat().st_size < 8 * 2**20  # a few MB
 
 
 @needs_ort
@@ -69,14 +69,14 @@ def test_build_site_in_place_around_the_model_files(tmp_path):
     for f in MODEL_FILES:
         (model / f).write_bytes((PRETRAINED_DIGITS / f).read_bytes())
     build_site(model, model)
-    assert is_site(model) and (model / "model.onnx").stat().st_size == (PRETRAINED_DIGITS / "model.onnx").stat().st_size
+    assert is_site(model) and (model / "denoiser.onnx").stat().st_size == (PRETRAINED_DIGITS / "denoiser.onnx").stat().st_size
 
 
 def test_bad_model_folder_is_refused_before_writing(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "schedule.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="lacks .*model.onnx"):
+    with pytest.raises(FileNotFoundError, match="lacks .*denoiser.onnx"):
         build_site(tmp_path / "site", model)
     for f in MODEL_FILES:
         (model / f).write_text("{}")

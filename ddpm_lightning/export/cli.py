@@ -1,4 +1,4 @@
-"""`python -m ddpm_lightning.export ckpt=PATH format=diffusers|safetensors|onnx out=DIR [overwrite=true]`
+"""`python -m ddpm_lightning.export ckpt=PATH format=diffusers|safetensors|onnx|web out=DIR [overwrite=true]`
 
 Everything is checked before anything is written: the format, the out folder (it must not exist
 or be empty, unless overwrite=true), the checkpoint (loaded safely: `ddpm_lightning.safe_load`)
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.errors import one_line_errors
 
-FORMATS = ("diffusers", "safetensors", "onnx")
+FORMATS = ("diffusers", "safetensors", "onnx", "web")
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:
@@ -35,6 +35,8 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
     from ddpm_lightning.export.to_diffusers import check_exportable, export_diffusers
     from ddpm_lightning.export.to_onnx import export_onnx
     from ddpm_lightning.export.to_safetensors import export_safetensors
+    from ddpm_lightning.export.to_web import export_web
+    from ddpm_lightning.web.site import find_ort_dist
     from ddpm_lightning.module import DiffusionModule
     from ddpm_lightning.safe_load import load_checkpoint
 
@@ -49,12 +51,16 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
         module = load_module(ckpt, device="cpu")  # one line for a file that is not a train.py checkpoint
     if format == "diffusers":
         check_exportable(module)
+    if format == "web":
+        find_ort_dist()  # onnxruntime-web installed (npm ci), or one line saying how
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         if format == "diffusers":
             export_diffusers(module, tmp)
         elif format == "safetensors":  # the raw checkpoint: EMA and live weights
             export_safetensors(checkpoint, tmp)
+        elif format == "web":
+            export_web(module, ckpt, tmp)
         else:
             export_onnx(module, tmp)
         out.mkdir(exist_ok=True)

@@ -78,6 +78,10 @@ def schedule_info(module: Any) -> dict[str, Any]:
         "value_range": [-1.0, 1.0] if len(shape) == 3 else None,
         "sampler": spec,
         "sampler_timesteps": timesteps.tolist(),
+        # what the browser demo reads (ddpm_lightning/web): clipping and its default sampler
+        "clip_denoised": spec["clip_denoised"],
+        "default_sampler": {"name": spec.get("name", "ddpm"), "num_steps": num_steps, "eta": float(spec.get("eta") or 0.0)},
+        "num_classes": None,  # class-conditional models: not yet
     }
 
 

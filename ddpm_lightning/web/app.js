@@ -1,4 +1,4 @@
-// The demo page: loads the exported model folder (model.onnx, schedule.json, data_samples.json),
+// The demo page: loads the exported model folder (denoiser.onnx, schedule.json, data_samples.json),
 // runs the denoiser with onnxruntime-web (WebGPU where the browser has a GPU adapter, WASM
 // otherwise) and the samplers of samplers.js, and draws x_t and x0_hat at every step.
 //
@@ -212,11 +212,11 @@ const FORWARD_TS = [0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1];
 async function loadModelFiles() {
   const [schedule, modelResponse] = await Promise.all([
     fetchJSON("schedule.json").catch((err) => err),
-    fetch("model.onnx").catch((err) => err),
+    fetch("denoiser.onnx").catch((err) => err),
   ]);
   const missing = [];
   if (schedule instanceof Error) missing.push("schedule.json");
-  if (modelResponse instanceof Error || !modelResponse.ok) missing.push("model.onnx");
+  if (modelResponse instanceof Error || !modelResponse.ok) missing.push("denoiser.onnx");
   if (missing.length) throw new Error(`model files missing or unreadable: ${missing.join(", ")}; export the model into this folder (python -m ddpm_lightning.export ... format=web)`);
   return { schedule, modelBytes: new Uint8Array(await modelResponse.arrayBuffer()) };
 }

@@ -1,7 +1,7 @@
 """`build_site(out_dir, model_dir)`: the browser demo as a self-contained static folder.
 
 It holds the page (index.html, app.js, samplers.js, style.css from this package), the model
-folder of the export (model.onnx, schedule.json, data_samples.json; see the export's contract)
+folder of the export (denoiser.onnx, schedule.json, data_samples.json; see the export's contract)
 and onnxruntime-web's files in `ort/`: only the two builds the page loads (the WebGPU build,
 `onnxruntime-web/webgpu`, and the WASM build, `onnxruntime-web/wasm`) with the .mjs/.wasm files
 each of them fetches. No CDN: the folder works with no network, from any static server.
@@ -25,7 +25,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parents[1]
 ORT_VERSION = "1.31.1"  # the pin of package.json (tests/test_web_site.py checks they agree)
 PAGE_FILES = ("index.html", "app.js", "samplers.js", "style.css")
-MODEL_FILES = ("model.onnx", "schedule.json", "data_samples.json")
+MODEL_FILES = ("denoiser.onnx", "schedule.json")  # the export (export/to_onnx.py)
+OPTIONAL_FILES = ("data_samples.json",)  # real images for the forward view (the page says when absent)
 # the two builds app.js imports, and what each fetches (grep their code for "ort-wasm")
 ORT_FILES = (
     "ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm",
@@ -94,7 +95,7 @@ def build_site(out_dir: str | Path, model_dir: str | Path, overwrite: bool = Fal
     if license_file.is_file():
         shutil.copyfile(license_file, out / "ort" / "LICENSE")
     if not in_place:
-        for f in MODEL_FILES:
+        for f in MODEL_FILES + tuple(f for f in OPTIONAL_FILES if (model_dir / f).is_file()):
             shutil.copyfile(model_dir / f, out / f)
     return out
 
