@@ -35,6 +35,7 @@ from ddpm_lightning.process import DiffusionProcess
 from ddpm_lightning.samplers import (
     SAMPLERS,
     DDPMSampler,
+    DiffusersSampler,
     DPMSolverSampler,
     DPMSolverSDESampler,
     EulerAncestralSampler,
@@ -400,3 +401,58 @@ def test_inpainting_keeps_the_known_region(case):
 def test_bad_options(make, match):
     with pytest.raises(ValueError, match=match):
         make(DiffusionProcess("linear", T))
+
+
+# ---- the diffusers adapter with sigma-space schedulers ----------------------------------
+
+ADAPTER_PAIRS = [
+    ("EulerDiscreteScheduler", EulerSampler),
+    ("HeunDiscreteScheduler", HeunSampler),
+    ("EulerAncestralDiscreteScheduler", EulerAncestralSampler),
+]
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("karras", [False, True], ids=["trailing", "karras"])
+@pytest.mark.parametrize("scheduler, ours", ADAPTER_PAIRS, ids=[a for a, _ in ADAPTER_PAIRS])
+def test_adapter_equals_our_sigma_samplers_including_img2img(scheduler, ours, karras, strength):
+    """The same algorithm two ways: diffusers' scheduler through the adapter's x_t <-> x
+    conversion (Heun driven through sample_step, two calls a step) and ours."""
+    if karras and scheduler == "EulerAncestralDiscreteScheduler":
+        pytest.skip("EulerAncestralDiscreteScheduler has no use_karras_sigmas")
+    process = DiffusionProcess("linear", T)
+    p = get_parameterization("v")
+    net = toy_network(process, p)
+    if karras:
+        adapter = DiffusersSampler(process, scheduler, use_karras_sigmas=True)
+        mine = ours(process, **_karras_kwargs(process))
+    else:
+        adapter = DiffusersSampler(process, scheduler, spacing="trailing")
+        mine = ours(process, sigmas="schedule", spacing="trailing")
+    image = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    kw = dict(image=image, strength=strength, num_steps=12)
+    a = sample(net, process, p, adapter, generator=torch.Generator().manual_seed(3), **kw)
+    b = sample(net, process, p, mine, generator=torch.Generator().manual_seed(3), **kw)
+    torch.testing.assert_close(a.samples, b.samples, atol=1e-4, rtol=1e-4)
+    assert a.nfe == b.nfe and len(a.timesteps) == int(12 * strength)
+    torch.testing.assert_close(a.timesteps, b.timesteps, atol=2e-3, rtol=0)
+
+
+def test_adapter_unipc_with_karras_sigmas_recovers_the_data_distribution():
+    process = DiffusionProcess("linear", T)
+    sampler = DiffusersSampler(process, "UniPCMultistepScheduler", use_karras_sigmas=True)
+    err_mean, err_std, nfe = oracle_error(process, "epsilon", sampler, 30)
+    assert err_mean < 0.02 and err_std < 0.02 and nfe == 30, (err_mean, err_std)
+    assert sampler.scheduler.config.use_karras_sigmas
+
+
+@pytest.mark.parametrize("scheduler", [a for a, _ in ADAPTER_PAIRS])
+def test_adapter_inpainting_keeps_the_known_region(scheduler):
+    process = DiffusionProcess("linear", 200)
+    image = torch.rand(2, 1, 6, 6) * 2 - 1
+    mask = torch.zeros(1, 1, 6, 6)
+    mask[..., 1:4, 1:4] = 1
+    out = sample(lambda x, t: 0.5 * x, process, "epsilon", DiffusersSampler(process, scheduler), image=image,
+                 mask=mask, num_steps=10, generator=torch.Generator().manual_seed(0))
+    keep = mask.expand_as(image) == 0
+    assert torch.equal(out.samples[keep], image[keep])
