@@ -456,3 +456,34 @@ def test_adapter_inpainting_keeps_the_known_region(scheduler):
                  mask=mask, num_steps=10, generator=torch.Generator().manual_seed(0))
     keep = mask.expand_as(image) == 0
     assert torch.equal(out.samples[keep], image[keep])
+
+
+# ---- the Hydra configs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, name, steps",
+    [
+        (["sampler=heun", "sampler.num_steps=18"], "heun", 18),
+        (["sampler=dpmpp_2m", "sampler.sigmas=karras", "sampler.num_steps=15"], "dpmpp_2m", 15),
+        (["sampler=euler", "sampler.sigmas=exponential", "sampler.s_churn=5"], "euler", 50),
+    ],
+)
+def test_train_config_composes_and_builds_a_sigma_sampler(make_cfg, overrides, name, steps):
+    from ddpm_lightning.train import build
+
+    _, model, _ = build(make_cfg(*overrides, "network.block_out_channels=[16,16,32]",
+                                 "network.attention_head_dim=8", "network.norm_num_groups=8"))
+    sampler, num_steps = model.make_sampler()
+    assert sampler.name == name and num_steps == steps
+    assert sampler.clip_denoised  # images: x0_hat clamped to [-1, 1]
+    out = model.sample(2, num_steps=3, seed=0)
+    assert out.samples.shape == (2, *model.data_shape) and out.samples.isfinite().all()
+    assert out.nfe == (5 if name == "heun" else 3)
+
+
+def test_bad_preset_value_fails_when_the_model_is_built(make_cfg):
+    from ddpm_lightning.train import build
+
+    with pytest.raises(ValueError, match=r"sigmas='kras'; choose one of"):
+        build(make_cfg("sampler=heun", "sampler.sigmas=kras"))
