@@ -45,9 +45,9 @@ from ddpm_lightning.samplers import (
 )
 from ddpm_lightning.samplers.sigmas import exponential_sigmas, karras_sigmas, make_sigmas, sigma_range
 from ddpm_lightning.sampling import sample
+from test_dpm_solver import M, S, gaussian_oracle  # the exact network of N(M, S^2), defined at continuous t
 
 T = 1000
-M, S = 0.7, 0.4  # the data distribution N(M, S^2)
 PRED_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}  # ours -> diffusers prediction_type
 
 
@@ -60,19 +60,6 @@ def toy_network(process, param, round_t=False):
         tt = t.float().reshape(-1, *([1] * (x.ndim - 1))) / T
         x0 = torch.tanh(x) * (1 - tt) + 0.3 * torch.sin(3 * x + tt)
         return param.from_prediction(process, x, t, Prediction(x0, process.eps_from_x0(x, t, x0)))
-
-    return model
-
-
-def gaussian_oracle(process, param):
-    """The exact network for x_0 ~ N(M, S^2) at integer or continuous t (test_sampling.py's,
-    with `process.at` so that it is defined between the training timesteps)."""
-
-    def model(x_t, t):
-        a = process.at("sqrt_alphas_cumprod", t, x_t.shape).double()
-        x0 = M + a * S**2 * (x_t.double() - a * M) / (a**2 * S**2 + 1 - a**2)
-        eps = process.eps_from_x0(x_t.double(), t, x0)
-        return param.from_prediction(process, x_t.double(), t, Prediction(x0, eps)).float()
 
     return model
 
