@@ -49,6 +49,7 @@ def add_args(p) -> None:
     p.add_argument("--ckpt", type=Path, default=None, help="a trained digits checkpoint (default: train one)")
     p.add_argument("--train-steps", type=int, default=None, help="training steps when no --ckpt (default 2000)")
     p.add_argument("--tiny", action="store_true", help="train the tests' small UNet (faster, worse samples)")
+    p.add_argument("--save-ckpt", type=Path, default=None, help="save the model trained here (reuse it with --ckpt)")
     p.add_argument("--n", type=int, default=None, help="samples per sampler (default 1000)")
     p.add_argument("--n-ref", type=int, default=None, help="reference digits (default: n, at most the train split)")
     p.add_argument("--batch-size", type=int, default=None, help="sampling batch (default 500)")
@@ -80,6 +81,9 @@ def get_model(args):
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule)
         wall = time.perf_counter() - start
+        if args.save_ckpt is not None:
+            args.save_ckpt.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(args.save_ckpt)
     net = "tiny UNet" if (args.tiny or args.smoke) else args.network
     return model.to(args.device).eval(), f"trained here: {args.train_steps} steps, batch 64, {net}, no EMA ({wall / 60:.1f} min)"
 
