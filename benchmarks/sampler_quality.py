@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def plot(results: dict[str, list[tuple[int, float]]], ddpm: tuple[int, float], p
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations per sample (NFE)")
     ax.set_ylabel("digits-feature FID (lower is better)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
