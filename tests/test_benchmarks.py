@@ -64,3 +64,14 @@ def test_a_script_runs_alone_and_writes_json(tmp_path):
     assert "## Host-device synchronisation in the training step" in proc.stdout
     (row,) = json.loads(out.read_text())["rows"]
     assert row["benchmark"] == "host-device sync" and row["unit"] == "per step"
+
+
+def test_sampler_quality_smoke_writes_the_table_and_the_plot(tmp_path):
+    out_md, plot = tmp_path / "quality.md", tmp_path / "quality.png"
+    proc = run_script("sampler_quality.py", "--smoke", "--markdown", str(out_md), "--plot", str(plot), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = out_md.read_text()
+    for case in ("ddpm @ 20 NFE", "heun karras @ 9 NFE", "dpmpp_2m karras @ 10 NFE", "euler_ancestral karras @ 5 NFE",
+                 "dpmpp_2m_sde karras @ 5 NFE", "best sampler at <= 20 NFE"):
+        assert case in table, case
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from ddpm_lightning.parameterizations import PARAMETERIZATIONS, Prediction, get_parameterization
-from ddpm_lightning.process import DiffusionProcess, extract
+from ddpm_lightning.process import DiffusionProcess
 from ddpm_lightning.samplers import SAMPLERS, DDIMSampler, DiffusersSampler, DPMSolverSampler, get_sampler
 from ddpm_lightning.samplers.diffusers_adapter import KNOWN_GOOD
 from ddpm_lightning.samplers.dpm_solver import dpm_solver_timesteps
@@ -30,10 +30,11 @@ def toy_network(process, param):
 
 
 def gaussian_oracle(process, param):
-    """The exact network for x_0 ~ N(M, S^2) (as in test_sampling.py)."""
+    """The exact network for x_0 ~ N(M, S^2) (as in test_sampling.py; `process.at` is `extract`
+    at integer t and also defined at the continuous t of the sigma-space schedulers)."""
 
     def model(x_t, t):
-        a = extract(process.sqrt_alphas_cumprod, t, x_t.shape).double()
+        a = process.at("sqrt_alphas_cumprod", t, x_t.shape).double()
         x0 = M + a * S**2 * (x_t.double() - a * M) / (a**2 * S**2 + 1 - a**2)
         eps = process.eps_from_x0(x_t.double(), t, x0)
         return param.from_prediction(process, x_t.double(), t, Prediction(x0, eps)).float()
@@ -126,6 +127,10 @@ ADAPTER_CASES = {
     "DPMSolverSinglestepScheduler": ({}, 30),
     "SASolverScheduler": ({}, 20),
     "UniPCMultistepScheduler": ({}, 20),
+    # sigma-space schedulers, converted to and from our x_t (more steps: cosine's sigma_max is 2e4)
+    "EulerDiscreteScheduler": ({}, 50),
+    "EulerAncestralDiscreteScheduler": ({}, 200),
+    "HeunDiscreteScheduler": ({}, 100),
 }
 
 
@@ -222,7 +227,7 @@ def test_adapter_takes_our_schedule_and_keeps_the_instance_options():
         (lambda p: DPMSolverSampler(p).set_timesteps(0), r"\[1, 1000\]"),
         (lambda p: get_sampler("dpmpp_3m", p), r"'dpmpp_2m', 'dpm_solver\+\+', 'diffusers'"),
         (lambda p: DiffusersSampler(p, "NoSuchScheduler"), "unknown diffusers scheduler.*UniPCMultistepScheduler"),
-        (lambda p: DiffusersSampler(p, "EulerDiscreteScheduler"), "noise of std.*DPMSolverMultistepScheduler"),
+        (lambda p: DiffusersSampler(p, "LMSDiscreteScheduler"), "noise of std.*DPMSolverMultistepScheduler"),
         (lambda p: DiffusersSampler(p, "PNDMScheduler"), "not distinct"),
         (lambda p: DiffusersSampler(p, "DDIMInverseScheduler"), "descending"),
         (lambda p: DiffusersSampler(p, "FlowMatchEulerDiscreteScheduler"), "discrete beta schedule"),

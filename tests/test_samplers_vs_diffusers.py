@@ -124,7 +124,7 @@ def test_clipping_keeps_x0_in_range():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda p: get_sampler("euler", p), r"choose one of \['ddpm', 'ddim'"),
+        (lambda p: get_sampler("lms", p), r"choose one of \['ddpm', 'ddim'"),
         (lambda p: DDIMSampler(p, spacing="even"), "leading"),
         (lambda p: DDPMSampler(p, variance="learned"), "fixed_small"),
         (lambda p: DDIMSampler(p, eta=-0.1), "eta"),

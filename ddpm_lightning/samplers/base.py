@@ -142,13 +142,15 @@ class Sampler:
         pair stays consistent with x_t (as guided-diffusion's DDIM does)."""
         if not (self.clip_denoised or self.dynamic_threshold):
             return pred
-        x0 = pred.x0
-        if self.dynamic_threshold:
-            x0 = dynamic_threshold(x0, self.dynamic_threshold, self.dynamic_threshold_max)
-        else:
-            x0 = clip_x0(x0, self.clip_range)
+        x0 = self.clip(pred.x0)
         tt = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
         return pred._replace(x0=x0, eps=self.process.eps_from_x0(x_t, tt, x0))
+
+    def clip(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0_hat thresholded (Imagen) or clamped to [-clip_range, clip_range], as configured."""
+        if self.dynamic_threshold:
+            return dynamic_threshold(x0, self.dynamic_threshold, self.dynamic_threshold_max)
+        return clip_x0(x0, self.clip_range) if self.clip_denoised else x0
 
     def sample_step(
         self,

@@ -5,17 +5,31 @@ The scheduler is built on our schedule (`trained_betas=process.betas`) with
 been reduced to `Prediction(x0, eps)`, so every diffusers scheduler works with every
 parameterization (and with our clipping and thresholding, applied to x0_hat first).
 
-Only schedulers of the variance-preserving x_t of DDPM eq. 4 fit our loop: the starting noise is
-N(0, I) (`init_noise_sigma == 1`), the network sees x_t itself (`scale_model_input` is the
-identity), the network is called once at each of n distinct, integer, descending timesteps,
-and the scheduler keeps our abar. The sigma-space (k-diffusion) schedulers, Euler, Heun, LMS,
-KDPM2, ..., scale x_t by sqrt(1 + sigma^2) and are refused, as are PNDM (it calls the network
-twice at some timesteps) and the inverse schedulers (ascending timesteps).
+Two kinds of scheduler fit our loop, whose state is always the variance-preserving x_t of DDPM
+eq. 4:
+
+* VP schedulers (DDIM, DPM-Solver, UniPC, ...): the starting noise is N(0, I)
+  (`init_noise_sigma == 1`), the network sees x_t itself (`scale_model_input` is the identity)
+  and is called once at each of n distinct, integer, descending timesteps;
+* the sigma-space (k-diffusion) schedulers in `SIGMA_SPACE` (Euler, Euler ancestral, Heun), whose
+  sample is x = x_t sqrt(1 + sigma^2) (Karras et al. 2022, s(t) = 1 / sqrt(1 + sigma^2)):
+  `sample_step` converts x_t to the scheduler's sample at the step's sigma, calls the scheduler
+  (twice per step for Heun, which `state_in_first_order` tells), and converts back. The network
+  is called at t_from_sigma(sigma) of the scheduler's sigma, the continuous time whose noise level
+  its input has (for integer timesteps that is the scheduler's own t; diffusers' `linspace`
+  interpolates sigma linearly between timesteps, we log sigma). Our x_T ~ N(0, I) is used, not
+  `init_noise_sigma` (diffusers scales by sigma_max rather than sqrt(1 + sigma_max^2) for
+  `linspace` / `trailing`).
+
+Other sigma-space schedulers (LMS, KDPM2, ...) are refused until tested, as are PNDM (it calls
+the network twice at some timesteps) and the inverse schedulers (ascending timesteps). Every
+scheduler must keep our abar.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 
 import torch
@@ -35,7 +49,12 @@ KNOWN_GOOD = (
     "DPMSolverSinglestepScheduler",
     "SASolverScheduler",
     "UniPCMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
 )
+# the sigma-space schedulers driven through the x_t <-> x = x_t sqrt(1 + sigma^2) conversion
+SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler")
 # what the adapter sets itself: the schedule comes from the process, the model output is eps
 OWNED_KWARGS = ("num_train_timesteps", "trained_betas", "beta_schedule", "beta_start", "beta_end", "prediction_type")
 _STEP_OWNED = ("model_output", "timestep", "sample", "generator", "variance_noise", "return_dict")
@@ -144,6 +163,7 @@ class DiffusersSampler(Sampler):
         unknown = sorted(set(self.step_kwargs) - set(step_options))
         if unknown:
             raise ValueError(f"{name}.step has no option(s) {unknown}; choose from {step_options}")
+        self._sigma_space = name in SIGMA_SPACE
         self._check_compatible(name)
         if name not in KNOWN_GOOD:
             warnings.warn(
@@ -161,11 +181,17 @@ class DiffusersSampler(Sampler):
             raise _refuse(name, "it changes the noise schedule (its alphas_cumprod is not the process's)")
         n = min(10, self.num_train_timesteps)
         self.set_timesteps(n)  # refuses duplicate, non-integer or ascending timesteps
-        if float(s.init_noise_sigma) != 1.0:
-            raise _refuse(name, f"it starts from noise of std {float(s.init_noise_sigma):.4g}, not the N(0, I) of x_T")
         probe = torch.linspace(-2, 2, 7)
-        if not torch.equal(s.scale_model_input(probe.clone(), s.timesteps[0]), probe):
-            raise _refuse(name, "its scale_model_input rescales x_t (a sigma-space scheduler)")
+        if self._sigma_space:
+            # its model input must be our x_t: x / sqrt(1 + sigma^2) at the first sigma
+            want = probe / math.sqrt(1 + self._levels[0] ** 2)
+            if not torch.allclose(s.scale_model_input(probe.clone(), s.timesteps[0]), want, rtol=1e-5, atol=0):
+                raise _refuse(name, "its scale_model_input is not x / sqrt(1 + sigma^2)")
+        else:
+            if float(s.init_noise_sigma) != 1.0:
+                raise _refuse(name, f"it starts from noise of std {float(s.init_noise_sigma):.4g}, not the N(0, I) of x_T")
+            if not torch.equal(s.scale_model_input(probe.clone(), s.timesteps[0]), probe):
+                raise _refuse(name, "its scale_model_input rescales x_t (a sigma-space scheduler)")
         self.timesteps, self._index = torch.empty(0, dtype=torch.long), {}  # unset until the loop sets it
 
     def set_timesteps(self, num_steps: int | None = None) -> torch.Tensor:
@@ -175,6 +201,8 @@ class DiffusersSampler(Sampler):
         n = T if num_steps is None else num_steps
         make_timesteps(T, n, "trailing")  # validates n with the usual message
         self.scheduler.set_timesteps(n)
+        if self._sigma_space:
+            return self._set_sigma_timesteps()
         raw = self.scheduler.timesteps.detach().cpu()
         ts = raw.round().long()
         name = type(self.scheduler).__name__
@@ -191,6 +219,49 @@ class DiffusersSampler(Sampler):
         self.prev_timesteps = torch.cat([ts[1:], ts.new_tensor([-1])])
         self._index = {int(t): i for i, t in enumerate(ts)}
         return ts
+
+    def _set_sigma_timesteps(self) -> torch.Tensor:
+        """Our steps are the scheduler's distinct noise levels (Heun repeats each inner one);
+        step i starts at the scheduler's last index holding level i."""
+        sig = [float(v) for v in self.scheduler.sigmas]
+        levels = [v for j, v in enumerate(sig) if j == 0 or v != sig[j - 1]]
+        if levels[-1] != 0 or any(b >= a for a, b in zip(levels, levels[1:])):
+            raise _refuse(type(self.scheduler).__name__, "its sigmas do not descend to 0")
+        n_calls = len(self.scheduler.timesteps)
+        self._levels = levels
+        self._entry = [max(j for j, v in enumerate(sig[:n_calls]) if v == level) for level in levels[:-1]]
+        device = self.process.betas.device
+        ts = self.process.t_from_sigma(torch.tensor(levels[:-1], device=device)).cpu()  # (n,) continuous
+        self.timesteps = ts
+        self.prev_timesteps = torch.cat([ts[1:], ts.new_tensor([-1.0])])
+        self._index = {}
+        return ts
+
+    def sample_step(self, denoise, x, i, generator=None) -> StepOutput:
+        if not self._sigma_space:
+            return super().sample_step(denoise, x, i, generator)
+        s = self.scheduler
+        if s.step_index is None:  # the first step of a run, which may start midway (img2img)
+            s.set_begin_index(self._entry[i])
+        k = self._entry[i] if s.step_index is None else s.step_index
+        kwargs = dict(self.step_kwargs)
+        if generator is not None and "generator" in self._step_params:
+            kwargs["generator"] = generator
+        sample = x * math.sqrt(1 + self._levels[i] ** 2)  # x_t -> the scheduler's x_0 + sigma eps
+        x0 = None
+        while k < len(s.timesteps):
+            t, sigma = s.timesteps[k], float(s.sigmas[k])
+            x_in = s.scale_model_input(sample, t)  # = our x_t at sigma
+            t_ours = self.process.t_from_sigma(torch.tensor(sigma, device=x.device)).expand(x.shape[0])
+            pred = denoise(x_in, t_ours)
+            x0_c = self.clip(pred.x0)
+            eps = pred.eps if x0_c is pred.x0 else (sample - x0_c) / sigma  # eps with the clipped x0
+            x0 = x0_c if x0 is None else x0
+            sample = s.step(eps, t, sample, **kwargs).prev_sample
+            k = s.step_index
+            if getattr(s, "state_in_first_order", True):  # Heun: done after its second call
+                break
+        return StepOutput(sample / math.sqrt(1 + self._levels[i + 1] ** 2), x0)
 
     def step(self, x_t, t, pred: Prediction, generator=None, noise=None) -> StepOutput:
         pred = self.denoise(x_t, t, pred)

@@ -12,6 +12,14 @@ Proposition 4.1) is
 
 and the solvers approximate x0_hat in the integral by a polynomial in lambda: a constant
 (first order, which is DDIM with eta = 0) or the line through the last two x0_hat (2M).
+
+With `sigmas="karras"` (or `"exponential"`) the solver steps between the noise levels of
+`ddpm_lightning.samplers.sigmas.make_sigmas` instead of DDPM timesteps ("DPM++ 2M Karras", as
+diffusers' `use_karras_sigmas=True`): abar = 1 / (1 + sigma^2) at each level, the network is
+called at the continuous timestep t_from_sigma(sigma), and the update is the same (it is
+invariant to the VP / VE view: x_t = x / sqrt(1 + sigma^2)). diffusers rounds those timesteps
+to integers before calling the network (its conversions still use the unrounded sigma); we do
+not, so the network sees the t whose noise level the input has.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import torch
 from ddpm_lightning.parameterizations import Prediction
 from ddpm_lightning.process import DiffusionProcess
 from ddpm_lightning.samplers.base import Sampler, StepOutput, make_timesteps
+from ddpm_lightning.samplers.sigmas import check_sigma_options, make_sigmas
 
 SOLVER_ORDERS = (1, 2)
 FINAL_SIGMAS = ("zero", "sigma_min")
@@ -67,6 +76,9 @@ class DPMSolverSampler(Sampler):
             then returned as the sample).
         spacing: as in `Sampler`, with diffusers' DPM-Solver meanings
             (`dpm_solver_timesteps`); `trailing` (the default) starts at t = T - 1.
+        sigmas: None (or `schedule`): the DDPM timesteps above; `karras` (eq. 5 of Karras et al.
+            2022, with `rho`) or `exponential`: those noise levels between `sigma_min` and
+            `sigma_max` (default: the trained schedule's range), final sigma 0.
         clip_denoised, dynamic_threshold, ...: see `Sampler`; applied to x0_hat before it is
             used and stored, as diffusers' `thresholding` does.
     """
@@ -80,6 +92,10 @@ class DPMSolverSampler(Sampler):
         lower_order_final: bool = True,
         final_sigma: str = "zero",
         spacing: str = "trailing",
+        sigmas: str | None = None,
+        rho: float = 7.0,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
         **kwargs,
     ) -> None:
         if solver_order not in SOLVER_ORDERS:
@@ -87,16 +103,34 @@ class DPMSolverSampler(Sampler):
         if final_sigma not in FINAL_SIGMAS:
             raise ValueError(f"unknown DPM-Solver++ final_sigma {final_sigma!r}; choose one of {list(FINAL_SIGMAS)}")
         super().__init__(process, spacing=spacing, **kwargs)
+        check_sigma_options(process, sigmas or "schedule", rho, sigma_min, sigma_max)
+        self.sigmas = None if sigmas in (None, "schedule") else sigmas
+        if self.sigmas is not None and final_sigma != "zero":
+            raise ValueError(f"final_sigma={final_sigma!r} is for the DDPM timesteps (sigmas=null); sigmas={sigmas!r} ends at 0")
+        self.rho, self.sigma_min, self.sigma_max = float(rho), sigma_min, sigma_max
         self.solver_order = int(solver_order)
         self.lower_order_final = bool(lower_order_final)
         self.final_sigma = final_sigma
-        self._history: tuple[int, torch.Tensor] | None = None  # (t, x0_hat) of the last step
+        self._history: tuple[int, torch.Tensor] | None = None  # (step index, x0_hat) of the last step
 
     def set_timesteps(self, num_steps: int | None = None) -> torch.Tensor:
         """As `Sampler.set_timesteps`, with diffusers' DPM-Solver timesteps and final sigma; also
         forgets the x0_hat history."""
         self._history = None
-        return super().set_timesteps(num_steps)
+        if self.sigmas is None:
+            return super().set_timesteps(num_steps)
+        n = self.num_train_timesteps if num_steps is None else num_steps
+        sig = make_sigmas(self.process, n, self.sigmas, self.rho, self.sigma_min, self.sigma_max)  # (n + 1,) f64
+        abar = 1 / (1 + sig**2)  # 1 at the final sigma = 0
+        device = self.process.betas.device
+        ts = self.process.t_from_sigma(sig[:-1].float().to(device)).cpu()  # (n,) continuous timesteps
+        self.timesteps = ts
+        self.prev_timesteps = torch.cat([ts[1:], ts.new_tensor([-1.0])])
+        self._index = {}
+        self._coefs = {
+            k: v.to(device=device, dtype=torch.float32) for k, v in self.coefficients(abar[:-1], abar[1:]).items()
+        }
+        return ts
 
     def choose_timesteps(self, num_steps: int) -> torch.Tensor:
         return dpm_solver_timesteps(self.num_train_timesteps, num_steps, self.spacing)
@@ -127,7 +161,7 @@ class DPMSolverSampler(Sampler):
     def _use_second_order(self, i: int) -> bool:
         if self.solver_order < 2 or i == 0 or self._history is None:
             return False
-        if self._history[0] != int(self.timesteps[i - 1]):  # not the step just before this one
+        if self._history[0] != i - 1:  # not the step just before this one (img2img's first step)
             return False
         if i == len(self.timesteps) - 1:
             # diffusers' lower_order_final: the step to sigma = 0 always, others under 15 steps
@@ -135,20 +169,28 @@ class DPMSolverSampler(Sampler):
                 return False
         return True
 
+    def sample_step(self, denoise, x, i, generator=None) -> StepOutput:
+        if self.sigmas is None:
+            return super().sample_step(denoise, x, i, generator)
+        t = self.timesteps[i].to(x.device).expand(x.shape[0])  # continuous time of sigma_i
+        return self._update(x, i, self.clip(denoise(x, t).x0))  # only x0_hat enters the update
+
     def step(self, x_t, t, pred: Prediction, generator=None, noise=None) -> StepOutput:
         pred = self.denoise(x_t, t, pred)
-        i = self._index[int(t)]
-        x0 = pred.x0
+        return self._update(x_t, self._index[int(t)], pred.x0)
+
+    def _update(self, x_t: torch.Tensor, i: int, x0: torch.Tensor) -> StepOutput:
+        c = {k: v[i] for k, v in self._coefs.items()}
         # 3. x_{t_prev} = sigma_prev / sigma_t x_t + c_x0 x0_i  [+ c_x0 / (2 r) (x0_i - x0_{i-1})]
-        x_prev = self.coef("xt", t) * x_t + self.coef("x0", t) * x0
+        x_prev = c["xt"] * x_t + c["x0"] * x0
         if self._use_second_order(i):
-            x_prev = x_prev + self.coef("d1", t) * (x0 - self._history[1])
-        self._history = (int(t), x0)
+            x_prev = x_prev + c["d1"] * (x0 - self._history[1])
+        self._history = (i, x0)
         return StepOutput(x_prev, x0)
 
     def __repr__(self) -> str:
         n = len(self.timesteps)
         return (
             f"{type(self).__name__}(order={self.solver_order}, steps={n or 'unset'}, "
-            f"spacing={self.spacing!r}, final_sigma={self.final_sigma!r})"
+            f"spacing={self.spacing!r}, final_sigma={self.final_sigma!r}, sigmas={self.sigmas!r})"
         )
