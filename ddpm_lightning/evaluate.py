@@ -111,10 +111,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ---- generated samples ---------------------------------------------------------------------
-def generated_batches(module, n: int, batch_size: int, spec: dict[str, Any], seed: int) -> Iterator[torch.Tensor]:
-    """n samples of `module` in batches; sample i depends on (seed, i) only (as in the FID callback)."""
+def generated_batches(module, n: int, batch_size: int, spec: dict[str, Any], seed: int,
+                      record: dict[str, Any] | None = None) -> Iterator[torch.Tensor]:
+    """n samples of `module` in batches; sample i depends on (seed, i) only (as in the FID callback).
+    `record["nfe"]` gets the network evaluations per sample (Heun's steps cost two)."""
     for start in range(0, n, batch_size):
-        yield fixed_samples(module, range(start, min(n, start + batch_size)), seed, sampler=spec).samples
+        res = fixed_samples(module, range(start, min(n, start + batch_size)), seed, sampler=spec)
+        if record is not None:
+            record["nfe"] = res.nfe
+        yield res.samples
 
 
 def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int, subsets: int, seed: int) -> tuple[float, float]:
@@ -213,7 +218,7 @@ def run_fid(args: dict[str, Any]) -> dict[str, Any]:
 
     # 5. the samples' features, batch by batch (generated samples are dropped after their batch)
     if module is not None:
-        batches = generated_batches(module, n, bs, spec, args["seed"])
+        batches = generated_batches(module, n, bs, spec, args["seed"], record=result["samples"])
         desc = f"sampling + {feature} features"
     else:
         batches = fake_images.split(bs)

@@ -68,8 +68,9 @@ def load_images(path: str | Path, shape: tuple[int, ...], n: int, kind: str = "i
     return x[:n].contiguous()
 
 
-def generate(module, cfg: DictConfig, spec: dict[str, Any]) -> torch.Tensor:
-    """All n samples, in batches; sample i's noise depends on (seed, i) only."""
+def generate(module, cfg: DictConfig, spec: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """All n samples, in batches, and the network evaluations per sample (NFE); sample i's
+    noise depends on (seed, i) only."""
     n, bs, seed = cfg.n, cfg.batch_size, cfg.seed
     module.make_sampler(spec)  # a bad sampler option fails here, before any sampling
     shape = module.data_shape
@@ -87,7 +88,7 @@ def generate(module, cfg: DictConfig, spec: dict[str, Any]) -> torch.Tensor:
             res = module.sample(image=image[idx.start : idx.stop], strength=cfg.strength, sampler=spec,
                                 generator=sample_generators(idx, seed), progress=cfg.progress, **kw)
         out.append(res.samples.cpu())
-    return torch.cat(out)
+    return torch.cat(out), res.nfe
 
 
 def save(samples: torch.Tensor, out: str | Path) -> dict[str, Path]:
@@ -115,9 +116,11 @@ def run(cfg: DictConfig, out: str | Path) -> dict[str, Path]:
     _positive_int(cfg, "batch_size")
     set_host_malloc(cfg.host_malloc)
     module = load_module(cfg.ckpt or cfg.pipeline, cfg.device, bool(cfg.trust_checkpoint))
-    samples = generate(module, cfg, sampler_spec(cfg, module.hparams.sampler))
+    spec = sampler_spec(cfg, module.hparams.sampler)
+    samples, nfe = generate(module, cfg, spec)
     paths = save(samples, out)
-    print(f"wrote {len(samples)} samples to {paths['npz']} and {paths['grid']}")
+    print(f"wrote {len(samples)} samples ({spec['name']}, {nfe} network evaluations per sample) "
+          f"to {paths['npz']} and {paths['grid']}")
     return paths
 
 

@@ -220,3 +220,14 @@ def test_a_diffusers_scheduler_from_the_command_line(ckpt, tmp_path):
     spec = {**sampler_preset("diffusers"), "num_steps": 2, "scheduler": "DDIMScheduler"}
     expected = fixed_samples(load_module(ckpt, "cpu"), range(3), 0, sampler=spec).samples
     assert np.array_equal(ddim, to_uint8(expected).permute(0, 2, 3, 1).numpy())
+
+
+def test_the_number_of_network_evaluations_is_reported(ckpt, tmp_path, capsys):
+    # Heun (Karras et al. 2022, Algorithm 1): n steps cost 2n - 1 evaluations, the last step is Euler
+    sample_main([f"ckpt={ckpt}", f"out={tmp_path / 's'}", "n=2", "sampler=heun", "sampler.num_steps=3", "progress=false"])
+    assert "(heun, 5 network evaluations per sample)" in capsys.readouterr().out
+    from ddpm_lightning.evaluate import main as evaluate_main
+
+    result = evaluate_main([f"ckpt={ckpt}", "metric=fid", "n=8", "data=digits", "small_sample=warn", "cache_dir=null",
+                            "progress=false", "sampler=heun", "sampler.num_steps=3"])
+    assert result["samples"]["nfe"] == 5 and result["samples"]["sampler"]["name"] == "heun"
