@@ -31,21 +31,9 @@ from ddpm_lightning.checkpoint_file import load_module
 from ddpm_lightning.cli import compose, is_multirun, job_dir, run_command, sampler_spec, sampler_summary
 from ddpm_lightning.evaluation_inputs import check_same_shape, get_datamodule, load_array_file
 from ddpm_lightning.host_malloc import set_host_malloc
-from ddpm_lightning.metrics import (
-    FEATURE_DIMS,
-    FEATURES,
-    FeatureStats,
-    PrecomputedFeatures,
-    RealStatsCache,
-    auto_feature,
-    check_feature_available,
-    check_feature_for_data,
-    check_sample_size,
-    compute_feature_stats,
-    make_feature_extractor,
-    make_metric,
-    real_stats_key,
-)
+from ddpm_lightning.metrics import FEATURE_DIMS, FEATURES, FeatureStats, PrecomputedFeatures, RealStatsCache
+from ddpm_lightning.metrics import auto_feature, check_feature_available, check_feature_for_data, check_sample_size
+from ddpm_lightning.metrics import compute_feature_stats, make_feature_extractor, make_metric, real_stats_key
 from ddpm_lightning.noise import fixed_samples
 
 METRICS = ("fid", "kid", "bpd", "nll")
