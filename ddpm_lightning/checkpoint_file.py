@@ -89,19 +89,20 @@ def _state_dict_mismatch(path: Path, checkpoint: dict[str, Any], err: RuntimeErr
     )
 
 
-def load_module(ckpt: str | Path, device: str = "auto", trust_checkpoint: bool = False):
+def load_module(ckpt: str | Path, device: str = "auto", trust_checkpoint: bool = False, pipeline: bool = False):
     """The DiffusionModule of `ckpt`, in eval mode, on `device` (auto: cuda if any): a train.py
     checkpoint (read safely: `ddpm_lightning.safe_load`), a folder written by
     `python -m ddpm_lightning.export format=safetensors` (nothing unpickled), or a diffusers
-    DDPM/DDIM pipeline folder (unet/ + scheduler/, its scheduler config gives the schedule)."""
+    DDPM/DDIM pipeline folder (unet/ + scheduler/, its scheduler config gives the schedule; always
+    with `pipeline=True`)."""
     from ddpm_lightning.module import DiffusionModule
     from ddpm_lightning.safe_load import load_checkpoint
 
     path = Path(ckpt)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if path.is_dir():
-        if (path / "unet").is_dir() or (path / "model_index.json").is_file():
+    if pipeline or path.is_dir():
+        if pipeline or (path / "unet").is_dir() or (path / "model_index.json").is_file():
             from ddpm_lightning.export.pipeline import module_from_pipeline
 
             return module_from_pipeline(path).to(device).eval()

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 
 from hydra.errors import InstantiationException
+from omegaconf.errors import MissingMandatoryValue
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 
@@ -24,7 +25,7 @@ def user_errors() -> Iterator[None]:
         root: BaseException = err
         while root.__cause__ is not None:
             root = root.__cause__
-        if isinstance(root, USER_ERRORS) and not isinstance(root, InstantiationException):
+        if isinstance(root, (*USER_ERRORS, MissingMandatoryValue)) and not isinstance(root, InstantiationException):
             raise root from None
         raise
 
@@ -37,4 +38,8 @@ def one_line_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MissingMandatoryValue as err:  # a config value marked ??? (e.g. data=folder's data.root)
+        key = err.full_key or err.key
+        print(f"error: {key} is required here and has no value: give {key}=... on the command line", file=sys.stderr)
         raise SystemExit(2) from None

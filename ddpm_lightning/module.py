@@ -154,8 +154,9 @@ class DiffusionModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_loss_quartiles = nn.ModuleList(MeanMetric() for _ in range(NUM_QUARTILES))
         # Build the default sampler once now: a bad option (sampler.eta=-1, an unknown diffusers
-        # scheduler option) fails here, before training, not at the first validation.
-        self.make_sampler()
+        # scheduler option, num_steps=0) fails here, before training, not at the first validation.
+        default_sampler, default_steps = self.make_sampler()
+        default_sampler.set_timesteps(default_steps)
 
     # ---- the model -----------------------------------------------------------------------
     @property

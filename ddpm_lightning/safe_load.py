@@ -71,7 +71,7 @@ def load_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[st
     unless trusted, and its hyperparameters checked by `check_targets`. Raises FileNotFoundError /
     ValueError with one line: a global the pickle needs and how to opt in, or (through
     `checkpoint_file.read_checkpoint`) what else the file is instead of a train.py checkpoint."""
-    from ddpm_lightning.checkpoint_file import read_checkpoint
+    from ddpm_lightning.checkpoint_file import EXPECTED, read_checkpoint
 
     path = Path(path)
     if not path.is_file():
@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[st
         unsafe = _unsafe_globals(path)
         if unsafe:
             raise ValueError(f"checkpoint {str(path)!r} holds Python objects beyond tensors and plain data ({unsafe}), "
-                             f"which are not loaded because unpickling them could run code; {OPT_IN}")
+                             f"which are not loaded because unpickling them could run code; {OPT_IN}; {EXPECTED}")
         with torch.serialization.safe_globals(list(EXTRA_SAFE_GLOBALS)):
             checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, Mapping):

@@ -115,7 +115,7 @@ def run(cfg: DictConfig, out: str | Path) -> dict[str, Path]:
     _positive_int(cfg, "n")
     _positive_int(cfg, "batch_size")
     set_host_malloc(cfg.host_malloc)
-    module = load_module(cfg.ckpt or cfg.pipeline, cfg.device, bool(cfg.trust_checkpoint))
+    module = load_module(cfg.ckpt or cfg.pipeline, cfg.device, bool(cfg.trust_checkpoint), pipeline=bool(cfg.pipeline))
     spec = sampler_spec(cfg, module.hparams.sampler)
     samples, nfe = generate(module, cfg, spec)
     paths = save(samples, out)
