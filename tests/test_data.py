@@ -432,3 +432,15 @@ def test_data_shape_of_rejects_other_things():
     assert data_shape_of(Toy2DDataModule()) == (2,)
     with pytest.raises(ValueError, match="DiffusionDataModule or a Hydra config"):
         data_shape_of(42)
+
+
+def test_folder_corrupt_file_read_during_training_is_named(folder):
+    bad = folder / "b" / "deeper" / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    dm = ImageFolderDataModule(folder, batch_size=2, verify_images=False)
+    dm.setup("fit")
+    files = dm.train_dataloader().dataset
+    while hasattr(files, "dataset"):  # a Subset of the split
+        files = files.dataset
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + r".*verify_images=true"):
+        files[files.paths.index(bad)]

@@ -56,8 +56,12 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        with Image.open(self.paths[i]) as img:
-            return self.transform(img)
+        try:
+            with Image.open(self.paths[i]) as img:
+                return self.transform(img)
+        except (OSError, SyntaxError, ValueError) as err:  # with verify_images=false a bad file shows up here
+            raise ValueError(f"cannot read image file {str(self.paths[i])!r} (data.verify_images=true finds "
+                             f"every such file before training): {err}") from None
 
 
 class ImageFolderDataModule(DiffusionDataModule):
