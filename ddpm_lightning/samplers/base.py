@@ -87,12 +87,10 @@ class Sampler:
             raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}")
         if dynamic_threshold is not None and not 0 < dynamic_threshold <= 1:
             raise ValueError(f"dynamic_threshold is a quantile in (0, 1], got {dynamic_threshold!r}")
-        self.process = process
-        self.spacing = spacing
-        self.clip_denoised = clip_denoised
-        self.clip_range = clip_range
-        self.dynamic_threshold = dynamic_threshold
-        self.dynamic_threshold_max = dynamic_threshold_max
+        self.process, self.spacing = process, spacing
+        # x0_hat clipping / thresholding (`clip`), applied before every step
+        self.clip_denoised, self.clip_range = clip_denoised, clip_range
+        self.dynamic_threshold, self.dynamic_threshold_max = dynamic_threshold, dynamic_threshold_max
         self.timesteps = torch.empty(0, dtype=torch.long)
         self._index: dict[int, int] = {}
 
