@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpm_lightning import DDIMSampler, DDPMSampler, Denoiser, DiffusionLoss, DiffusionModule, sample
+from ddpm_lightning import DDIMSampler, DDPMSampler, Denoiser, DiffusionLoss, DiffusionModule
+from ddpm_lightning.sampling import sample  # (ddpm_lightning.sample is also the sample command's module)
 from ddpm_lightning.parameterizations import PARAMETERIZATIONS, get_parameterization
 from ddpm_lightning.process import DiffusionProcess, extract
 from ddpm_lightning.samplers.base import Sampler, StepOutput

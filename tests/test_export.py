@@ -230,7 +230,7 @@ def test_exporting_an_mlp_mu_or_learned_variance_to_diffusers_is_refused(tmp_pat
 
 def test_unknown_format_and_a_non_empty_out_dir_are_refused(tmp_path):
     ckpt = save_ckpt(tiny_module(), tmp_path / "model.ckpt")
-    with pytest.raises(ValueError, match=r"unknown format='tflite'; choose one of \['diffusers', 'safetensors', 'onnx'\]") as err:
+    with pytest.raises(ValueError, match=r"unknown format='tflite'; choose one of \['diffusers', 'safetensors', 'onnx', 'web'\]") as err:
         export(ckpt, "tflite", tmp_path / "out")
     _one_line(err)
     out = tmp_path / "out"

@@ -62,7 +62,8 @@ def test_scale_one_is_conditional_and_zero_unconditional_exactly():
 
 
 def test_guidance_works_with_a_sampler_and_bad_values_are_one_line():
-    from ddpm_lightning import DDIMSampler, sample
+    from ddpm_lightning import DDIMSampler
+    from ddpm_lightning.sampling import sample
 
     process = DiffusionProcess("linear", 100)
     den = Denoiser(ClassNet(), process, "v")

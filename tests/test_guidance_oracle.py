@@ -6,7 +6,8 @@ w = 0 is the unconditional oracle exactly; w > 1 sharpens the class."""
 import pytest
 import torch
 
-from ddpm_lightning import Denoiser, sample
+from ddpm_lightning import Denoiser
+from ddpm_lightning.sampling import sample
 from ddpm_lightning.guidance import ClassifierFreeGuidance
 from ddpm_lightning.module import sampler_preset
 from ddpm_lightning.parameterizations import PARAMETERIZATIONS, Prediction, get_parameterization
