@@ -39,6 +39,7 @@ def mixture_oracle(process, param):
     return network
 
 
+SIGMA_SPACE = ("euler", "euler_ancestral", "heun", "dpmpp_2m_sde")
 SAMPLER_NAMES = sorted(name for name in SAMPLERS if name not in ("diffusers", "dpm_solver++"))
 
 
@@ -59,6 +60,8 @@ def test_guidance_one_samples_the_class_and_zero_the_mixture(param, name):
     process = DiffusionProcess("cosine", 1000)
     den = Denoiser(mixture_oracle(process, get_parameterization(param)), process, param)
     sampler, steps = _sampler(process, name)
+    if name in SIGMA_SPACE:  # Karras sigmas over the cosine range (sigma_max ~ 2e4) need more steps
+        steps = 200           # than the presets' to be this accurate (tests/test_sigma_samplers.py)
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
 
     def run(w, c):
