@@ -11,16 +11,15 @@ resume after a kill) sees the old checkpoint or the new one, never a part of eit
 A kill during a save leaves the temporary file (`.last.ckpt.<pid>.tmp`); `remove_stale_temp_files`
 deletes those of processes no longer alive, at the start of the next run in that directory.
 
-Loading turns a file that is not a Lightning checkpoint (truncated, empty, garbage, a plain
-state dict) into one line naming the file and what was expected (`checkpoint_file.read_checkpoint`,
-the one reader the commands share).
+Loading is Lightning's own: a user's `ckpt_path` is checked before any work by
+`safe_load.load_checkpoint` (one line for a truncated, empty, garbage or foreign file), and the
+files Lightning writes for itself (ddp_spawn's weights hand-over) need no such check.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ddpm_lightning.checkpoint_file import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +82,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
             raise
         _fsync_directory(path.parent)  # and the rename itself survives a power cut
-
-    def load_checkpoint(self, path: Any, map_location: Callable | None = lambda storage, loc: storage,
-                        weights_only: bool | None = None) -> dict[str, Any]:
-        if _is_local_file_protocol(path):
-            read_checkpoint(path)  # one line for a file that is not a train.py checkpoint
-        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
 
 def _fsync_directory(directory: Path) -> None:
