@@ -17,7 +17,6 @@ object must be passed again: `load_from_checkpoint(path, network=net)`.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,10 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
+from ddpm_lightning.conditioning import Conditioning, build_conditioning
 from ddpm_lightning.distributed import seed_rank
 from ddpm_lightning.errors import user_errors
 from ddpm_lightning.denoiser import Cond, Denoiser
 from ddpm_lightning.losses import DiffusionLoss
+from ddpm_lightning.module_loading import SafeLoading
 from ddpm_lightning.networks.build import check_network, fill_shape_keys
 from ddpm_lightning.noise import noise_loader  # noqa: F401  (importable from here as before)
 from ddpm_lightning.parameterizations import Parameterization
@@ -60,7 +61,7 @@ def _build(spec: Any, **kwargs: Any) -> Any:
     return spec
 
 
-class DiffusionModule(L.LightningModule):
+class DiffusionModule(SafeLoading, L.LightningModule):
     """A denoising diffusion model: network + forward process + parameterization + loss.
 
     Args:
@@ -87,6 +88,9 @@ class DiffusionModule(L.LightningModule):
         variance: "fixed", "learned" or "learned_range" (Nichol & Dhariwal 2021: the network
             outputs 2C channels, `ddpm_lightning.variance`); a learned one trains with
             `loss.type=hybrid` or `vlb`.
+        conditioning: what the model is conditioned on: a `Conditioning` or its spec
+            (`{"type": "class", "num_classes": 10, "p_uncond": 0.1}`); None: unconditional
+            (`ddpm_lightning.conditioning`).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class DiffusionModule(L.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         variance: str = "fixed",
+        conditioning: Conditioning | Mapping[str, Any] | None = None,
         loss_type: str | None = None,
         loss_weighting: str | None = None,
         min_snr_gamma: float | None = None,
@@ -113,8 +118,10 @@ class DiffusionModule(L.LightningModule):
         loss_fn = DiffusionLoss.from_spec(_plain(loss), **{k: v for k, v in legacy.items() if v is not None})
         factor = output_channels_factor(variance)
         loss_fn.check(variance, data_shape)
+        cond = build_conditioning(_plain(conditioning))
         if isinstance(network, Mapping) and data_shape is not None:
-            network = fill_shape_keys(network, data_shape, factor)  # null channels / sizes from the data
+            # null channels / sizes from the data, class-embedding rows from the conditioning
+            network = fill_shape_keys(network, data_shape, factor, cond.network_keys())
 
         if isinstance(schedule, DiffusionProcess):
             process = schedule
@@ -133,6 +140,8 @@ class DiffusionModule(L.LightningModule):
             "channels_last": channels_last,
             "variance": variance,
         }
+        if cond.spec() is not None:  # unconditional models keep the hyperparameters they had
+            hparams["conditioning"] = cond.spec()
         for name, value in {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}.items():
             if isinstance(value, Mapping):
                 hparams[name] = value
@@ -140,8 +149,9 @@ class DiffusionModule(L.LightningModule):
 
         self.network: nn.Module = _build(network)
         if data_shape is not None and isinstance(self.network, nn.Module):
-            check_network(self.network, data_shape, factor)
+            check_network(self.network, data_shape, factor, cond.example(2, tuple(data_shape)))
         self.process = process
+        self.conditioning = cond
         self.loss_fn = loss_fn
         # L_vlb alone: timesteps importance-sampled by their loss history (Nichol & Dhariwal sec. 3.3)
         self.timestep_sampler = LossSecondMomentSampler(process.num_timesteps) if loss_fn.type == "vlb" else None
@@ -230,25 +240,29 @@ class DiffusionModule(L.LightningModule):
             return list(tensors)
         return [self.all_gather(x).reshape(-1) for x in tensors]
 
-    @staticmethod
-    def _images(batch: Any) -> torch.Tensor:
-        # our datamodules yield tensors; (image, label) batches of other datasets also work
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
+    def _images(self, batch: Any) -> torch.Tensor:
+        # tensors, or (image, label) batches (whose labels an unconditional model ignores)
+        return self.conditioning.split(batch)[0]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, _ = self.loss_per_sample(self._images(batch))
+        x0, cond = self.conditioning.split(batch)
+        # classifier-free guidance's condition dropout (Ho & Salimans 2022, Algorithm 1)
+        # (cond only when there is one: subclasses' loss_per_sample(x0, t, noise) keep working)
+        cond = self.conditioning.drop(cond)
+        loss, _ = self.loss_per_sample(x0) if cond is None else self.loss_per_sample(x0, cond=cond)
         loss = loss.mean()
         # a device tensor: Lightning reduces it only every log_every_n_steps (no per-step sync)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x0 = self._images(batch)
+        x0, cond = self.conditioning.split(batch)
         # the same timesteps and noise for this batch at every validation: curves are comparable
         g = torch.Generator().manual_seed(batch_idx)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=g).to(self.device)
         noise = randn(x0.shape, g, x0.device, x0.dtype)
-        loss, t = self.loss_per_sample(x0, t=t, noise=noise)
+        kwargs = {} if cond is None else {"cond": cond}
+        loss, t = self.loss_per_sample(x0, t=t, noise=noise, **kwargs)
         self.val_loss.update(loss)
         quartile = t * NUM_QUARTILES // self.num_timesteps
         for q, metric in enumerate(self.val_loss_quartiles):
@@ -291,13 +305,20 @@ class DiffusionModule(L.LightningModule):
         mask: torch.Tensor | None = None,
         strength: float = 1.0,
         cond: Cond = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
         return_trajectory: bool = False,
         progress: bool = False,
     ) -> SampleOutput:
         """Draw `n` samples (or one per row of `noise` / `image`) with the given sampler (default:
         the module's), in eval mode and under inference mode. See
         `ddpm_lightning.sampling.denoising_loop` for img2img (`image`, `strength`), inpainting
-        (`image`, `mask`), conditioning (`cond`) and per-sample generators."""
+        (`image`, `mask`) and per-sample generators.
+
+        A conditional model takes `cond` as its conditioning says (`{"class": 7}`, one label per
+        sample, or `{"class": "all"}` for classes 0..K-1 in turn) and samples with classifier-free
+        guidance at `guidance_scale` (diffusers' w: 1 conditional, 0 unconditional, > 1 guided;
+        None: the conditioning's default) and guidance rescale phi `guidance_rescale`."""
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
         shape = None
@@ -309,12 +330,15 @@ class DiffusionModule(L.LightningModule):
             shape = (n, *self.data_shape)
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
+        batch = n if shape is not None else (noise if noise is not None else image).shape[0]
+        cond = self.conditioning.prepare(cond, batch, self.device)  # checked before any work
+        denoiser = self.conditioning.guided(self.denoiser, guidance_scale, guidance_rescale)
         spec_sampler, spec_steps = self.make_sampler(sampler)
         was_training = self.training
         self.eval()
         try:
             return denoising_loop(
-                self.denoiser,
+                denoiser,
                 spec_sampler,
                 shape,
                 cond=cond,
@@ -360,30 +384,3 @@ class DiffusionModule(L.LightningModule):
             Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    # ---- loading without trusting the file (ddpm_lightning.safe_load) ------------------------
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
-                             strict: bool | None = None, *, trust_checkpoint: bool = False, **kwargs: Any) -> DiffusionModule:
-        """Lightning's `load_from_checkpoint`, safe by default: the pickle is read with
-        `weights_only=True` and the hyperparameters may only build our own classes and torch's
-        optimizers (`ddpm_lightning.safe_load`); `trust_checkpoint=True` lifts both checks."""
-        from ddpm_lightning.safe_load import load_checkpoint
-
-        if isinstance(checkpoint_path, (str, Path)):
-            # mmap: the tensors are not read, only the pickle is checked (one line if refused)
-            load_checkpoint(checkpoint_path, trust_checkpoint)
-        kwargs.setdefault("weights_only", not trust_checkpoint)
-        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, weights: str = "ema", trust_checkpoint: bool = False,
-                        map_location: Any = None, **overrides: Any) -> DiffusionModule:
-        """The module of a folder written by `python -m ddpm_lightning.export format=safetensors`
-        (hparams.json + safetensors weights): nothing is unpickled. `weights`: "ema" or "live"."""
-        from ddpm_lightning.export.to_safetensors import read_pretrained
-
-        hparams, state = read_pretrained(path, weights, trust_checkpoint)
-        module = cls(**{**hparams, **overrides})
-        module.load_state_dict(state)
-        return module.to(map_location) if map_location is not None else module

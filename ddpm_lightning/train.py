@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lightning import distributed
 from ddpm_lightning.callbacks.nonfinite_loss import NonFiniteLoss
 from ddpm_lightning.cli import hydra_user_errors
+from ddpm_lightning.conditioning import conditioning_for_data
 from ddpm_lightning.errors import one_line_errors, user_errors
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.loggers import finish_runs, name_sweep_runs
@@ -55,6 +56,8 @@ def _build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L
     data_shape = tuple(datamodule.data_shape)
     network_cfg = OmegaConf.to_container(cfg.network, resolve=True)  # the module fills its shape keys
     extra = {"optimizer": scaled_optimizer(cfg)} if OmegaConf.select(cfg, "lr_scaling.rule") else {}
+    cond_cfg = OmegaConf.to_container(cfg.conditioning, resolve=True) if cfg.get("conditioning") else None
+    extra["conditioning"] = conditioning_for_data(cond_cfg, datamodule)  # num_classes from the data
     model = instantiate(cfg.model, network=network_cfg, data_shape=list(data_shape), _recursive_=False, **extra)
     # not a callbacks node: `callbacks=none` must not switch off the guard against NaN runs
     callbacks = instantiate_dict(cfg.get("callbacks")) + [NonFiniteLoss(cfg.get("nan_policy", "stop"))]

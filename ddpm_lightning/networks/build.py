@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 
-def check_network(network: nn.Module, data_shape: Sequence[int], output_factor: int = 1) -> None:
+def check_network(network: nn.Module, data_shape: Sequence[int], output_factor: int = 1, cond: Mapping[str, Any] | None = None) -> None:
     """Raise ValueError if `network` cannot map (B, *data_shape) to outputs of `output_factor`
-    times the data's channels (2 for a learned variance: `ddpm_lightning.variance`).
+    times the data's channels (2 for a learned variance: `ddpm_lightning.variance`), given the
+    conditioning inputs `cond` of two examples (None: unconditional).
 
     Our networks check their shape rules directly (clear messages); any other module gets a
     dry run on two zero inputs."""
@@ -26,7 +27,7 @@ def check_network(network: nn.Module, data_shape: Sequence[int], output_factor: 
     t = torch.zeros(2, dtype=torch.long)
     try:
         with torch.no_grad():
-            out = network(x, t)
+            out = network(x, t) if cond is None else network(x, t, cond)
     except Exception as err:  # noqa: BLE001 - any failure means the pairing is wrong
         raise ValueError(
             f"network {type(network).__name__} fails on data of shape {tuple(data_shape)}: {err}"
@@ -47,16 +48,28 @@ def _channels_message(got: int, expected: int, factor: int, data_shape: Sequence
     return f"the network outputs {got} channel(s) but {expected} are needed: {why}; set its out_channels / out_dim to {expected} (or null)"
 
 
-# Config keys that, when left null, are filled from the data shape at build time.
-SHAPE_KEYS = ("in_channels", "out_channels", "sample_size", "dim", "out_dim")
+# Config keys that, when left null, are filled from the data shape at build time (and, for
+# `num_class_embeds` / `cond_channels`, from the conditioning: `Conditioning.network_keys`).
+SHAPE_KEYS = ("in_channels", "out_channels", "sample_size", "dim", "out_dim", "num_class_embeds", "cond_channels")
 
 
-def fill_shape_keys(cfg: Mapping[str, Any], data_shape: Sequence[int], output_factor: int = 1) -> dict[str, Any]:
+def fill_shape_keys(cfg: Mapping[str, Any], data_shape: Sequence[int], output_factor: int = 1,
+                    conditioning_keys: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A copy of a network config whose null `in_channels` / `out_channels` / `sample_size`
     (images) or `dim` / `out_dim` (vectors) are set from `data_shape`; the outputs get
-    `output_factor` times the data's channels (2 for a learned variance). Explicit values are
+    `output_factor` times the data's channels (2 for a learned variance). `conditioning_keys`
+    (e.g. `{"num_class_embeds": 11}`) fill their null keys too; a conditioning key the config
+    does not have is refused (the network could not take that condition). Explicit values are
     kept (and then checked by `check_network`)."""
     cfg = dict(cfg)
+    for key, value in (conditioning_keys or {}).items():
+        if key not in cfg and "_target_" in cfg:
+            raise ValueError(
+                f"network {cfg['_target_']} has no {key!r} option, so it cannot take this conditioning; "
+                "use network=unet_small / unet_ddpm_cifar10 (images) or mlp (class labels only)"
+            )
+        if cfg.get(key) is None:
+            cfg[key] = value
     if len(data_shape) == 3:
         c = data_shape[0]
         fill = {"in_channels": c, "out_channels": c * output_factor, "sample_size": data_shape[1]}

@@ -20,9 +20,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class MLPDenoiser(nn.Module):
     """x_t (B, dim) and t -> output (B, out_dim), out_dim = dim unless a learned variance asks
     for 2 * dim: residual SiLU MLP blocks conditioned by adding a projected timestep embedding
-    to the hidden state."""
+    to the hidden state. With `num_class_embeds` (classes + 1 for the null class; `conditioning=class`
+    fills it) a learned label embedding is added to the timestep's, as diffusers' UNet does."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_embed_dim: int = 64, out_dim: int | None = None) -> None:
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_embed_dim: int = 64, out_dim: int | None = None,
+                 num_class_embeds: int | None = None) -> None:
         super().__init__()
         if dim is None or dim < 1:
             raise ValueError(
@@ -36,6 +38,8 @@ class MLPDenoiser(nn.Module):
             nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
             for _ in range(depth)
         )
+        self.num_class_embeds = num_class_embeds
+        self.class_embed = nn.Embedding(num_class_embeds, hidden) if num_class_embeds else None
         self.out_channels = out_dim or dim  # 2 * dim for a learned variance
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, self.out_channels))
 
@@ -48,6 +52,10 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.time_embed_dim))  # (B, hidden)
+        if self.class_embed is not None:
+            if not cond or cond.get("class") is None:
+                raise ValueError("this MLP is class-conditional (num_class_embeds set): give cond={'class': labels}")
+            emb = emb + self.class_embed(cond["class"].long())
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)

@@ -62,3 +62,4 @@ class PretrainedUNet(UNet):
                 raise ValueError(f"the data needs {key}={given}, but the pretrained UNet in {folder} has {key}={theirs}")
         self.in_channels = config.in_channels
         self.sample_size = size
+        self.num_class_embeds, self.cond_channels = None, 0  # unconditional (refused above otherwise)

@@ -19,6 +19,11 @@ class UNet(nn.Module):
         sample_size: the image size; only used for the shape check (the UNet itself is
             fully convolutional).
         out_channels: defaults to in_channels.
+        num_class_embeds: rows of the class-embedding table (classes + 1 for the null class of
+            classifier-free guidance; `conditioning=class` fills it), added to the timestep
+            embedding as diffusers does; None: no class input.
+        cond_channels: channels of a conditioning image concatenated to x_t (`conditioning=image`
+            fills it; SR3 / Palette's input concatenation); 0: none.
         unet_kwargs: any other UNet2DModel argument (block_out_channels, layers_per_block,
             down_block_types, up_block_types, dropout, attention_head_dim, ...).
     """
@@ -28,6 +33,8 @@ class UNet(nn.Module):
         in_channels: int | None = 3,
         sample_size: int | None = None,
         out_channels: int | None = None,
+        num_class_embeds: int | None = None,
+        cond_channels: int | None = 0,
         **unet_kwargs,
     ) -> None:
         super().__init__()
@@ -39,10 +46,13 @@ class UNet(nn.Module):
         for key in ("block_out_channels", "down_block_types", "up_block_types"):
             if key in unet_kwargs and unet_kwargs[key] is not None:
                 unet_kwargs[key] = tuple(unet_kwargs[key])
+        self.cond_channels = int(cond_channels or 0)
+        self.num_class_embeds = num_class_embeds
         self.unet = UNet2DModel(
             sample_size=sample_size,
-            in_channels=in_channels,
+            in_channels=in_channels + self.cond_channels,
             out_channels=out_channels or in_channels,
+            num_class_embeds=num_class_embeds,
             **unet_kwargs,
         )
         self.in_channels = in_channels
@@ -77,5 +87,15 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         # t: int64 timesteps or continuous float time; UNet2DModel embeds either sinusoidally.
-        # cond: unconditional, so ignored (the contract of ddpm_lightning.denoiser)
-        return self.unet(x, t).sample  # (B, C_out, H, W)
+        # cond: {"class": (B,) int64} and / or {"image": (B, cond_channels, H, W)}; keys this
+        # UNet was not built for are ignored (the contract of ddpm_lightning.denoiser)
+        cond = cond or {}
+        labels = cond.get("class") if self.num_class_embeds else None
+        if self.num_class_embeds and labels is None:
+            raise ValueError("this UNet is class-conditional (num_class_embeds set): give cond={'class': labels}")
+        if self.cond_channels:
+            image = cond.get("image")
+            if image is None:
+                raise ValueError(f"this UNet takes a {self.cond_channels}-channel conditioning image: give cond={{'image': ...}}")
+            x = torch.cat([x, image.to(device=x.device, dtype=x.dtype)], dim=1)
+        return self.unet(x, t, class_labels=labels).sample  # (B, C_out, H, W)

@@ -1,0 +1,8 @@
+"""Conditional generation: what a model is conditioned on (`Conditioning` and its subclasses),
+built from the `conditioning` config group. See `ddpm_lightning.conditioning.base`."""
+
+from ddpm_lightning.conditioning.base import Conditioning
+from ddpm_lightning.conditioning.build import CONDITIONINGS, build_conditioning, conditioning_for_data, register
+from ddpm_lightning.conditioning.class_label import ClassConditioning
+
+__all__ = ["CONDITIONINGS", "ClassConditioning", "Conditioning", "build_conditioning", "conditioning_for_data", "register"]
