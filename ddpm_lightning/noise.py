@@ -60,7 +60,11 @@ def randn(shape: Sequence[int], generator, device, dtype) -> torch.Tensor:
 def fixed_samples(module, indices: Sequence[int] | range, seed: int = 0, **sample_kwargs):
     """`module.sample(...)` of the given samples, each from its own starting noise and its own
     step-noise generator: what the grid and FID callbacks and the sample and evaluate commands
-    draw, so that they agree sample for sample."""
+    draw, so that they agree sample for sample. A class-conditional module without a `cond`
+    gives sample i class i mod K (`Conditioning.balanced`): class-balanced at any batch split."""
+    conditioning = getattr(module, "conditioning", None)
+    if conditioning is not None and sample_kwargs.get("cond") is None:
+        sample_kwargs["cond"] = conditioning.balanced(indices, module.device)
     return module.sample(
         noise=fixed_noise(indices, module.data_shape, seed), generator=sample_generators(indices, seed), **sample_kwargs
     )

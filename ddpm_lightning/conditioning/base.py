@@ -87,8 +87,10 @@ class Conditioning:
             )
         return None
 
-    def balanced(self, n: int, device: Any = "cpu") -> Cond:
-        """The cond of `n` samples that cover the conditions evenly (grids, FID); None if none."""
+    def balanced(self, indices: Any, device: Any = "cpu") -> Cond:
+        """The cond of samples `indices` (or a count n) covering the conditions evenly (grids,
+        FID), sample i's depending on i only; None where there is nothing to draw (unconditional,
+        or a condition that must be given, such as an image)."""
         return None
 
     def guided(self, denoiser: Callable[..., Prediction], scale: float | None = None, rescale: float = 0.0) -> Callable[..., Prediction]:

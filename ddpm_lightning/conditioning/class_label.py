@@ -87,10 +87,12 @@ class ClassConditioning(Conditioning):
             raise ValueError(f"class {int(bad[0])} is outside [0, {self.num_classes}): this model has {self.num_classes} classes")
         return {**cond, KEY: labels.to(device)}
 
-    def balanced(self, n: int, device: Any = "cpu") -> Cond:
-        """Labels 0, 1, ..., K-1, 0, 1, ...: every class n // K or n // K + 1 times (FID's
-        class-balanced draw, and a grid with one class per row when n is a multiple of K)."""
-        return {KEY: torch.arange(n, device=device) % self.num_classes}
+    def balanced(self, indices: Any, device: Any = "cpu") -> Cond:
+        """Sample i gets class i mod K: any K consecutive samples cover every class once, so FID's
+        draw is class-balanced, and the labels of sample i do not depend on the batch it is in
+        (`noise.fixed_samples`). `indices`: a count n (samples 0..n-1) or the sample indices."""
+        idx = torch.arange(indices) if isinstance(indices, int) else torch.as_tensor(list(indices), dtype=torch.long)
+        return {KEY: (idx % self.num_classes).to(device)}
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.type, "num_classes": self.num_classes, "p_uncond": self.p_uncond, "guidance_scale": self.guidance_scale}
