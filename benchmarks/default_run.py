@@ -6,7 +6,9 @@
 Runs `python train.py logger=none` in a fresh process (W&B is the one thing left out: its
 offline writer is not part of training) and reports the wall time against the 10-minute budget
 the README promises, the time from start to the last sample grid, and the child's peak RSS.
-The machine should be otherwise idle: nothing runs beside it to compare against.
+Then it scores 500 DDIM-50 samples of `last.ckpt` (EMA weights) as `digits_quality.py` does:
+digits-feature FID / the real-vs-real floor (goal <= 1.3), classifier confidence against real
+digits, class entropy (issue #16). The machine should be otherwise idle.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 from benchlib import Row, script_main
+from digits_quality import digits_quality, quality_note
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 600.0  # "under 10 minutes on the CPU" (README, Quickstart)
@@ -44,15 +47,25 @@ def run(args) -> list[Row]:
         wall = time.perf_counter() - start
         grids = sorted(Path(out, "samples").glob("samples_step_*.png"))
         last = f"{grids[-1].stat().st_mtime - start_wall:.0f} s to the last grid ({grids[-1].stem})" if grids else "no grid"
+        from ddpm_lightning.checkpoint_file import load_module
+
+        module = load_module(Path(out, "checkpoints", "last.ckpt"), "cpu")
+        q = digits_quality(module, n=16 if args.smoke else args.samples, num_steps=2 if args.smoke else 50)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     what = "4 steps, tiny UNet (--smoke)" if args.smoke else "digits, unet_small, 2,000 steps x batch 64, EMA, validation and grids every 500"
     where = "one GPU" if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
     return [Row("default run", f"`python train.py logger=none` ({what}), {where}", wall, BUDGET_S, "s",
-                wall / BUDGET_S, "<= 1.00", note=f"{last}; peak RSS of the run {peak:.0f} MiB; ratio = wall / 10 min")]
+                wall / BUDGET_S, "<= 1.00", note=f"{last}; peak RSS of the run {peak:.0f} MiB; ratio = wall / 10 min"),
+            Row("default run", f"quality: {q['n']} DDIM-50 samples of last.ckpt (EMA), digits features", q["fid_ratio"], 1.3,
+                "FID/floor", q["fid_ratio"] / 1.3, "<= 1.00", note=quality_note(q))]
+
+
+def add_args(p) -> None:
+    p.add_argument("--samples", type=int, default=500, help="samples scored for the quality row")
 
 
 def main(argv=None) -> list[Row]:
-    return script_main(__doc__, "The default run", run, argv)
+    return script_main(__doc__, "The default run", run, argv, add_args=add_args)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,18 @@ def test_sampler_quality_smoke_writes_the_table_and_the_plot(tmp_path):
                  "dpmpp_2m_sde karras @ 5 NFE", "best sampler at <= 20 NFE"):
         assert case in table, case
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_study_smoke_scores_each_row_against_the_floor(tmp_path):
+    out = tmp_path / "study.json"
+    proc = run_script("default_study.py", "--smoke", "--rows", "baseline,v", "--results-json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert list(results) == ["baseline", "v"] and results["v"]["overrides"] == ["parameterization=v"]
+    for r in results.values():
+        # the floor is a real-vs-real distance (> 0), the shares a distribution over the ten classes
+        assert r["floor"] > 0 and abs(r["fid_ratio"] - r["fid"] / r["floor"]) < 1e-9
+        assert abs(sum(r["class_shares"]) - 1) < 1e-3 and 0 <= r["class_entropy"] <= 1
+        assert 0 <= r["confident"] <= 1 and r["real_confident"] > 0.5 and r["steps"] == 4
+    bad = run_script("default_study.py", "--smoke", "--rows", "baseline,nope")
+    assert bad.returncode != 0 and "unknown rows ['nope']" in bad.stderr

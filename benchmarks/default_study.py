@@ -1,0 +1,103 @@
+"""Issue #16's study: which settings make the default digits run's samples as good as the data,
+within the default run's budget (10 minutes on 2 CPU cores).
+
+    python benchmarks/default_study.py                       # every row: ~9 min each on 2 idle cores
+    python benchmarks/default_study.py --rows baseline,cosine_v
+    python benchmarks/default_study.py --smoke               # CI: 4 steps of a tiny UNet per row
+
+Each row is one full run of `python train.py <overrides> logger=none` (2,000 steps unless the row
+changes it), the same seed; its wall time is measured; then 500 DDIM-50 samples from the EMA
+weights of `last.ckpt` are scored as `digits_quality.py` says (classifier confidence against
+real digits, digits-feature FID / the real-vs-real floor, class entropy). The goal: confidence
+within 5 % of the data's, FID <= 1.3 x floor, entropy ~1, in <= 600 s.
+
+The rows below are the knobs the issue names. Rows that change the cost of a step (width,
+batch) are compared at equal wall time by `trainer.max_time` where noted, not only at equal
+steps. The machine must be otherwise idle: wall times of a loaded machine are not comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import Row, script_main
+from default_run import BUDGET_S, SMOKE
+from digits_quality import digits_quality, quality_note
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ROWS: dict[str, list[str]] = {
+    "baseline": [],                                             # the current default: linear, epsilon, lr 5e-4
+    "cosine": ["schedule=cosine"],                              # Nichol & Dhariwal 2021
+    "v": ["parameterization=v"],                                # Salimans & Ho 2022
+    "cosine_v": ["schedule=cosine", "parameterization=v"],
+    "min_snr": ["loss=min_snr"],                                # Hang et al. 2023, gamma 5
+    "v_min_snr": ["parameterization=v", "loss=min_snr"],
+    "lr1e-3": ["optimizer.lr=1e-3"],
+    "lr2e-4": ["optimizer.lr=2e-4"],                            # Ho et al.'s
+    "warmup1000": ["lr_scheduler.warmup_steps=1000"],
+    "batch128": ["data.batch_size=128"],                        # 2x the cost per step: see the wall time
+    "batch128_equal_time": ["data.batch_size=128", "trainer.max_steps=-1", f"+trainer.max_time={{seconds:{int(BUDGET_S * 0.85)}}}"],
+    "ema0.9995": ["callbacks.ema.decay=0.9995"],
+    "ema_no_warmup": ["callbacks.ema.warmup=false"],
+    "wide": ["network.block_out_channels=[64,128,128]"],
+    "no_attention": ["network.down_block_types=[DownBlock2D,DownBlock2D,DownBlock2D]",
+                     "network.up_block_types=[UpBlock2D,UpBlock2D,UpBlock2D]"],
+    "channels_last": ["model.channels_last=true"],
+}
+
+
+def one_run(name: str, overrides: list[str], smoke: bool, samples: int, tmp: Path) -> tuple[float, dict]:
+    from ddpm_lightning.checkpoint_file import load_module
+
+    out = tmp / name
+    args = ["logger=none", f"hydra.run.dir={out}", *overrides, *(SMOKE if smoke else [])]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    module = load_module(out / "checkpoints" / "last.ckpt", "cpu")
+    q = digits_quality(module, n=samples, num_steps=2 if smoke else 50)
+    import torch
+
+    q["steps"] = int(torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    return wall, q
+
+
+def run(args) -> list[Row]:
+    names = list(ROWS) if args.rows == "all" else args.rows.split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"error: unknown rows {unknown}; choose from {list(ROWS)} or all")
+    samples = 16 if args.smoke else args.samples
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            wall, q = one_run(name, ROWS[name], args.smoke, samples, Path(tmp))
+            results[name] = {"overrides": ROWS[name], "wall_s": wall, **q}
+            rows.append(Row("default-run study", f"{name}: {' '.join(ROWS[name]) or '(defaults)'}", q["fid_ratio"], 1.3,
+                            "FID/floor", q["fid_ratio"] / 1.3, "<= 1.00", note=f"{wall:.0f} s; {quality_note(q)}"))
+            if args.results_json:  # after every row: a long study keeps what it measured
+                Path(args.results_json).write_text(json.dumps(results, indent=1))
+    return rows
+
+
+def add_args(p) -> None:
+    p.add_argument("--rows", default="all", help=f"comma-separated rows of {list(ROWS)}, or all")
+    p.add_argument("--samples", type=int, default=500, help="samples scored per row")
+    p.add_argument("--results-json", default=None, help="write every row's figures here as they come")
+
+
+def main(argv=None) -> list[Row]:
+    return script_main(__doc__, "Default-run study", run, argv, add_args=add_args)
+
+
+if __name__ == "__main__":
+    main()
