@@ -31,8 +31,9 @@ class DigitsDataModule(DiffusionDataModule):
         **kwargs: the loader and split arguments of `DiffusionDataModule` (`labels=True`:
             `(images, digits)` batches).
 
-    `num_classes` is 10, `class_names` "0".."9". After `setup()`: `images` (1797, 1, S, S) and `targets` (1797,) in scikit-learn's order;
-    `labels(split)` gives the targets in the same order as `real_samples(n, split)`.
+    `num_classes` is 10, `class_names` "0".."9". After `setup()`: `images` (1797, 1, S, S) and
+    `targets` (1797,) in scikit-learn's order; `labels(split)` gives the targets in the same
+    order as `real_samples(n, split)`.
     """
 
     is_image = True

@@ -49,12 +49,19 @@ def is_image_name(name: str) -> bool:
 
 
 def has_image(folder: Path) -> bool:
-    """Whether `folder` holds an image (recursively, hidden parts skipped); stops at the first."""
-    for dirpath, dirnames, filenames in os.walk(folder):  # top-down: a class folder's own files first
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if any(is_image_name(f) and os.path.isfile(os.path.join(dirpath, f)) for f in filenames):
-            return True
-    return False
+    """Whether `folder` holds an image (recursively, hidden parts skipped). The listing is read
+    lazily and stops at the first image, so a class folder of a million files costs one batch
+    of directory entries, not its whole listing."""
+    subfolders = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):  # as find_images (rglob), which does not follow them
+                subfolders.append(entry.path)
+            elif is_image_name(entry.name) and entry.is_file():
+                return True
+    return any(has_image(Path(sub)) for sub in sorted(subfolders))
 
 
 def find_classes(root: Path) -> tuple[list[str] | None, str]:
@@ -67,7 +74,7 @@ def find_classes(root: Path) -> tuple[list[str] | None, str]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            if entry.is_dir(follow_symlinks=False):  # as find_images (rglob), which does not follow them
                 folders.append(entry.name)
             elif entry.is_file() and is_image_name(entry.name):
                 loose += 1
