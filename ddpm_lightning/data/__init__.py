@@ -1,5 +1,6 @@
-"""Datamodules for diffusion training: batches are plain float32 tensors, images in [-1, 1]
-`(B, C, H, W)` or 2-D points `(B, 2)`. `data_shape` is known right after construction."""
+"""Datamodules for diffusion training: batches are float32 tensors, images in [-1, 1]
+`(B, C, H, W)` or 2-D points `(B, 2)`, or with `labels=True` the tuples `(images, labels)`,
+labels `(B,)` int64. `data_shape` and `num_classes` are known right after construction."""
 
 from ddpm_lightning.data.datamodule import DiffusionDataModule, data_shape_of
 from ddpm_lightning.data.digits import DigitsDataModule

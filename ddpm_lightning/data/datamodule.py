@@ -1,10 +1,16 @@
 """`DiffusionDataModule`: the contract every dataset of this package follows, and `data_shape_of`.
 
-A diffusion model needs only one thing from its data: a stream of float32 tensors, images
-`(B, C, H, W)` in [-1, 1] or points `(B, 2)`. Batches are therefore plain tensors, never
-`(image, label)` tuples. Subclasses only say how to build the *pool* (the official training data,
-unaugmented, one tensor per item) and which augmentation the training split gets; this class
-splits the pool into train / val, builds the loaders and serves fixed real samples for FID.
+An unconditional diffusion model needs only one thing from its data: a stream of float32
+tensors, images `(B, C, H, W)` in [-1, 1] or points `(B, 2)`, so by default batches are plain
+tensors. A class-conditional one (`conditioning=class`, which sets `labels=True`) also needs each
+example's class: batches are then tuples `(images, labels)`, labels `(B,)` int64 in
+[0, num_classes). `num_classes` (None: the data has no classes) is known right after
+construction, like `data_shape`, because the model's class embedding is built from it.
+
+Subclasses only say how to build the *pool* (the official training data, unaugmented, one
+tensor per item), its labels, and which augmentation the training split gets; this class splits
+the pool into train / val, builds the loaders and serves fixed real samples (and their labels)
+for FID and for class-conditional sampling.
 
 The split is deterministic: a `torch.Generator` seeded with `split_seed` permutes the pool once;
 the first `round(val_fraction * N)` permuted items are validation, the rest training. Each split
@@ -23,10 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ddpm_lightning.data.datasets import RandomHFlip
+from ddpm_lightning.data.datasets import RandomHFlip, WithLabels, collate_pairs
 from ddpm_lightning.data.resumable import ResumableLoader, resumable_loader, run_seed
 
 SPLITS = ("train", "val")
+
+# What `labels=True` can be used with, for the error message of data without classes.
+LABELLED_DATA = ("digits, mnist, fashion_mnist, kmnist, cifar10, cifar100, svhn, folder with one "
+                 "subfolder per class, toy2d with dataset=moons or 8gaussians")
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -57,14 +67,21 @@ class DiffusionDataModule(L.LightningDataModule):
         drop_last: drop the last incomplete training batch, so every step sees `batch_size`.
         shuffle_seed: seed of the training order and flips (order of epoch e: a permutation
             seeded `shuffle_seed + e`); None: the run's `seed` (0 without one).
+        labels: make every training and validation batch `(images, labels)`; needs data with
+            classes (`num_classes` not None), else a ValueError at construction. Stored as
+            `with_labels` (digits' `labels(split)` is a method).
 
-    Subclasses set `name`, `data_shape` and `is_image` in `__init__` (before `setup`, since the
-    model is built from `data_shape`) and implement `_build_pool()`.
+    Subclasses set `name`, `data_shape`, `is_image` and, for data with classes, `num_classes`
+    (and `class_names` where cheap) in `__init__` (before `setup`, since the model is built from
+    them), end `__init__` with `self._check_labels()`, and implement `_build_pool()` and, with
+    classes, `_pool_labels()`.
     """
 
     name: str = "data"
     is_image: bool = True
     data_shape: tuple[int, ...]
+    num_classes: int | None = None  # classes of the labels; None: the data has none
+    class_names: list[str] | None = None  # names of classes 0..num_classes-1, where known cheaply
 
     def __init__(
         self,
@@ -76,6 +93,7 @@ class DiffusionDataModule(L.LightningDataModule):
         split_seed: int = 0,
         drop_last: bool = True,
         shuffle_seed: int | None = None,
+        labels: bool = False,
     ) -> None:
         super().__init__()
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -87,6 +105,8 @@ class DiffusionDataModule(L.LightningDataModule):
             raise ValueError(f"split_seed must be an integer, got {split_seed!r}")
         if shuffle_seed is not None and (isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int)):
             raise ValueError(f"shuffle_seed must be an integer or null, got {shuffle_seed!r}")
+        if not isinstance(labels, bool):
+            raise ValueError(f"labels must be true or false, got {labels!r}")
         self.num_workers = num_workers
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
@@ -95,7 +115,9 @@ class DiffusionDataModule(L.LightningDataModule):
         self.drop_last = bool(drop_last)
         self.shuffle_seed = shuffle_seed
         self.hflip = False  # subclasses with images may turn it on
+        self.with_labels = labels
         self._pool: Dataset | None = None
+        self._targets: torch.Tensor | None = None  # (N,) int64 labels of the pool, with classes
         self._indices: dict[str, torch.Tensor] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -103,6 +125,20 @@ class DiffusionDataModule(L.LightningDataModule):
     def _build_pool(self) -> Dataset:
         """The whole training pool, unaugmented: item i is a float32 tensor of `data_shape`."""
         raise NotImplementedError
+
+    def _pool_labels(self) -> torch.Tensor:
+        """Labels (N,) int64 in [0, num_classes) of the pool `_build_pool()` just built, in its
+        order; called only when `num_classes` is not None."""
+        raise NotImplementedError(f"{type(self).__name__} sets num_classes but has no _pool_labels()")
+
+    def _no_labels_reason(self) -> str:
+        """Why this data has no classes, the start of the `labels=True` error message."""
+        return f"data={self.name} has no class labels"
+
+    def _check_labels(self) -> None:
+        """The one-line ValueError of `labels=True` on data without classes (`num_classes` None)."""
+        if self.with_labels and self.num_classes is None:
+            raise ValueError(f"{self._no_labels_reason()}; conditioning=class needs labelled data: {LABELLED_DATA}")
 
     def _cache_tags(self) -> list[str]:
         """Extra settings that change the data (beyond name, shape and split), for cache_key."""
@@ -114,8 +150,10 @@ class DiffusionDataModule(L.LightningDataModule):
         """Build the pool and the split once; later calls (one per Trainer stage) are no-ops."""
         if self._pool is not None:
             return
+        self._check_labels()  # again, for a subclass that does not call it in __init__
         pool = self._build_pool()
         n = len(pool)
+        targets = None if self.num_classes is None else self._checked_labels(self._pool_labels(), n)
         n_val = round(self.val_fraction * n)
         if self.val_fraction > 0:
             n_val = max(n_val, 1)  # a requested validation split is never silently empty
@@ -128,15 +166,25 @@ class DiffusionDataModule(L.LightningDataModule):
             )
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         self._indices = {"val": perm[:n_val], "train": perm[n_val:]}
+        self._targets = targets
         self._pool = pool
+
+    def _checked_labels(self, labels: torch.Tensor, n: int) -> torch.Tensor:
+        labels = torch.as_tensor(labels)
+        if labels.shape != (n,) or labels.dtype != torch.long:
+            raise ValueError(f"{self.name}: labels must be (N,)=({n},) int64, got {tuple(labels.shape)} {labels.dtype}")
+        if n and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:  # type: ignore[operator]
+            raise ValueError(f"{self.name}: labels must be in [0, {self.num_classes}), got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        return labels
 
     def train_dataloader(self) -> ResumableLoader:
         """The shuffled training split, resumable mid-epoch (see `ddpm_lightning.data.resumable`).
 
         Under DDP (a Trainer attached) each rank gets its share, as Lightning's injected
-        `DistributedSampler` would give it."""
+        `DistributedSampler` would give it. With `labels`, batches are `(images, labels)`."""
         seed = run_seed(self.shuffle_seed)
-        data: Dataset = self._subset("train")
+        data: Dataset = self._subset("train", self.with_labels)
         if self.hflip:
             # a seed apart from the order's: flips and permutations are independent streams
             data = RandomHFlip(data, seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
@@ -149,13 +197,15 @@ class DiffusionDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             epoch_done=(lambda: trainer.fit_loop.epoch_loop.batch_progress.is_last_batch) if trainer is not None else None,
+            collate_fn=collate_pairs if self.with_labels else None,
             **self._worker_kwargs(),
         )
 
     def val_dataloader(self) -> DataLoader | list:
+        """The validation split in order, unaugmented; with `labels`, `(images, labels)` batches."""
         if len(self.split_indices("val")) == 0:
             return []  # val_fraction=0: Lightning skips validation
-        return self._loader(self._subset("val"), shuffle=False, drop_last=False)
+        return self._loader(self._subset("val", self.with_labels), shuffle=False, drop_last=False)
 
     # -- the rest of the public API ----------------------------------------------------------
 
@@ -169,17 +219,31 @@ class DiffusionDataModule(L.LightningDataModule):
         """The first `n` examples of `split`, unaugmented, as one float32 tensor (n, *data_shape).
 
         The same call always returns the same tensor (the split order is seeded), which makes
-        it a fixed FID reference set and a fixed picture of the forward process.
+        it a fixed FID reference set and a fixed picture of the forward process. Images only,
+        with `labels` or without (`real_labels` gives their labels).
         """
+        indices = self._first(n, split, "real_samples")
+        loader = self._loader(Subset(self._pool, indices.tolist()), shuffle=False)  # (n, ...)
+        return torch.cat(list(loader))
+
+    def real_labels(self, n: int, split: str = "train") -> torch.Tensor:
+        """The labels (n,) int64 of `real_samples(n, split)`, in the same order."""
+        if self.num_classes is None:
+            raise ValueError(f"real_labels: {self._no_labels_reason()} (num_classes is None)")
+        indices = self._first(n, split, "real_labels")
+        assert self._targets is not None  # set by setup(), which _first ran
+        return self._targets[indices]
+
+    def _first(self, n: int, split: str, caller: str) -> torch.Tensor:
+        """Pool indices of the first `n` examples of `split`, or a one-line ValueError."""
         check_positive_int("n", n)
         indices = self.split_indices(split)
         if n > len(indices):
             raise ValueError(
-                f"real_samples(n={n}, split={split!r}): the {split} split of {self.name} has only "
+                f"{caller}(n={n}, split={split!r}): the {split} split of {self.name} has only "
                 f"{len(indices)} examples"
             )
-        loader = self._loader(Subset(self._pool, indices[:n].tolist()), shuffle=False)  # (n, ...)
-        return torch.cat(list(loader))
+        return indices[:n]
 
     def cache_key(self, split: str, n: int) -> str:
         """A filesystem-safe id of (dataset, split, shape, n, split settings), e.g.
@@ -193,16 +257,22 @@ class DiffusionDataModule(L.LightningDataModule):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _subset(self, split: str) -> Subset:
+    def _subset(self, split: str, labelled: bool = False) -> Subset:
+        """`split` of the pool; `labelled`: its items are `(image, label)` pairs."""
         indices = self.split_indices(split).tolist()  # first: it runs setup(), which sets _pool
+        if labelled:
+            assert self._targets is not None  # labels=True implies num_classes (checked in __init__)
+            return Subset(WithLabels(self._pool, self._targets), indices)
         return Subset(self._pool, indices)
 
     def _loader(self, data: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        labelled = isinstance(data, Subset) and isinstance(data.dataset, WithLabels)
         return DataLoader(
             data,
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
+            collate_fn=collate_pairs if labelled else None,
             **self._worker_kwargs(),
         )
 

@@ -1,18 +1,27 @@
-"""`ImageFolderDataModule`: every image under a folder, searched recursively, without labels.
+"""`ImageFolderDataModule`: every image under a folder, searched recursively; classes from its subfolders.
 
 Files are found by extension (`IMAGE_EXTENSIONS`, case-insensitive) and sorted by path, so the
 pool and its seeded split are the same on every machine. Hidden files and folders (a leading
 dot: `.ipynb_checkpoints`, macOS `._x.jpg` resource forks) are skipped: they are copies or not
 images at all. `setup()` opens every file header with PIL's `verify()` so a corrupt file stops
 the run before training, naming the file, rather than crashing a worker hours in.
+
+Classes follow torchvision's `ImageFolder`: in the layout root/<class>/<image> (images may sit
+deeper inside a class folder), the sorted names of root's immediate non-hidden subfolders that
+hold images are the classes, class index = position in that list. Images directly under root,
+or no such subfolder, mean no classes (`num_classes` None). The classes are found in the
+constructor from directory listings alone (root's, and each subfolder's up to its first image),
+because the model is built from `num_classes`; no image is opened there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -33,6 +42,48 @@ def find_images(root: Path) -> list[Path]:
         and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+
+
+def has_image(folder: Path) -> bool:
+    """Whether `folder` holds an image (recursively, hidden parts skipped). The listing is read
+    lazily and stops at the first image, so a class folder of a million files costs one batch
+    of directory entries, not its whole listing."""
+    subfolders = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):  # as find_images (rglob), which does not follow them
+                subfolders.append(entry.path)
+            elif is_image_name(entry.name) and entry.is_file():
+                return True
+    return any(has_image(Path(sub)) for sub in sorted(subfolders))
+
+
+def find_classes(root: Path) -> tuple[list[str] | None, str]:
+    """The class names of `root` (sorted names of its non-hidden subfolders holding images),
+    or None and what was found instead (for the error message of `labels=True`)."""
+    if not root.is_dir():
+        return None, "does not exist or is not a folder"
+    folders, loose = [], 0
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):  # as find_images (rglob), which does not follow them
+                folders.append(entry.name)
+            elif entry.is_file() and is_image_name(entry.name):
+                loose += 1
+    classes = sorted(name for name in folders if has_image(root / name))
+    if loose:
+        return None, f"holds {loose} image(s) directly under it (and {len(classes)} subfolder(s) with images)"
+    if not classes:
+        return None, f"has no subfolder with images ({len(folders)} subfolder(s) in all)"
+    return classes, ""
 
 
 def check_images(paths: list[Path]) -> None:
@@ -68,13 +119,18 @@ class ImageFolderDataModule(DiffusionDataModule):
     """All images under `root` as (channels, image_size, image_size) tensors in [-1, 1].
 
     Args:
-        root: the folder, searched recursively; sub-folders (e.g. classes) are ignored.
+        root: the folder, searched recursively; its subfolders are the classes (see above),
+            used only with `labels=True`.
         image_size: output side: the shorter side is resized to it, then the centre cropped.
         channels: 3 (RGB) or 1 (grayscale, PIL mode "L").
         hflip: random horizontal flips in training.
         verify_images: check every file with PIL in `setup()` (turn off for huge folders that
             are known to be clean).
-        **kwargs: the loader and split arguments of `DiffusionDataModule`.
+        **kwargs: the loader and split arguments of `DiffusionDataModule` (`labels=True`:
+            `(images, classes)` batches; needs root/<class>/<image>).
+
+    `class_names`: the class folders' names (None without classes); after `setup()`, `paths`
+    holds every image file, in pool order.
     """
 
     is_image = True
@@ -99,10 +155,22 @@ class ImageFolderDataModule(DiffusionDataModule):
         self.name = f"folder_{self.root.name or 'root'}_{digest}"
         self.data_shape = (channels, image_size, image_size)
         self.paths: list[Path] = []
+        self.class_names, self._layout = find_classes(self.root)
+        self.num_classes = None if self.class_names is None else len(self.class_names)
+        if self.with_labels:
+            self._check_root()  # a missing folder says so, not "no classes"
+        self._check_labels()
 
-    def _build_pool(self) -> Dataset:
+    def _check_root(self) -> None:
         if not self.root.is_dir():
             raise ValueError(f"image folder {str(self.root)!r} does not exist or is not a folder")
+
+    def _no_labels_reason(self) -> str:
+        return (f"data=folder root={str(self.root)!r} has no class labels: it {self._layout}; classes need "
+                f"the layout root/<class>/<image>")
+
+    def _build_pool(self) -> Dataset:
+        self._check_root()
         paths = find_images(self.root)
         if not paths:
             raise ValueError(
@@ -113,3 +181,14 @@ class ImageFolderDataModule(DiffusionDataModule):
             check_images(paths)
         self.paths = paths
         return ImageFiles(paths, image_transform(self.image_size, self.channels))
+
+    def _pool_labels(self) -> torch.Tensor:
+        index = {name: i for i, name in enumerate(self.class_names or [])}
+        labels = []
+        for path in self.paths:
+            top = path.relative_to(self.root).parts
+            if len(top) < 2 or top[0] not in index:  # the folder changed since the constructor listed it
+                raise ValueError(f"image {str(path)!r} is not inside one of the class folders {self.class_names} "
+                                 f"found when data=folder was built; layout root/<class>/<image>")
+            labels.append(index[top[0]])
+        return torch.tensor(labels, dtype=torch.long)  # (N,)
