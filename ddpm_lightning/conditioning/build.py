@@ -52,7 +52,7 @@ def conditioning_for_data(spec: Mapping[str, Any] | None, datamodule: Any) -> di
                 f"conditioning=class needs labelled data, but data {name!r} has no class labels: use digits, mnist, "
                 "fashion_mnist, cifar10, a folder with one subfolder per class, or toy2d with dataset=8gaussians or moons"
             )
-        if not getattr(datamodule, "labels", True):
+        if not getattr(datamodule, "with_labels", True):
             raise ValueError(f"conditioning=class needs (image, label) batches: set data.labels=true for data {name!r}")
         spec["num_classes"] = int(num_classes)
     return spec
