@@ -209,6 +209,54 @@ def test_onnx_denoiser_equals_pytorch(tmp_path, network, parameterization, varia
     assert info["sampler"]["name"] == "ddim" and info["sampler_timesteps"] == sampler.set_timesteps(steps).tolist()
 
 
+CLASS_COND = {"type": "class", "num_classes": 3, "p_uncond": 0.1, "guidance_scale": 2.5}
+
+
+@pytest.mark.parametrize("network, parameterization", [("unet", "epsilon"), ("unet", "v"), ("mlp", "x0")])
+def test_class_conditional_onnx_denoiser_equals_pytorch_for_every_label_and_the_null_class(tmp_path, network, parameterization):
+    import onnx
+    import onnxruntime as ort
+
+    module = tiny_module(parameterization, network, conditioning=CLASS_COND).eval()
+    with torch.no_grad():  # random init leaves the class embedding out of the output scale: make it matter
+        table = module.network.unet.class_embedding if network == "unet" else module.network.class_embed
+        table.weight.normal_(0, 3, generator=torch.Generator().manual_seed(5))
+    path = export_onnx(module, tmp_path)
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    assert {i.name: i.type.tensor_type.elem_type for i in graph.graph.input} == {
+        "x_t": onnx.TensorProto.FLOAT, "t": onnx.TensorProto.FLOAT, "class_labels": onnx.TensorProto.INT64}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(0)
+    outputs = {}
+    for labels, ts in [([3], [500]), ([0, 1, 2, 3], [999, 500, 10, 0]), ([2, 2, 3, 3, 1, 0], [250] * 6)]:
+        x = torch.randn(len(labels), *module.data_shape, generator=g)
+        y, t = torch.tensor(labels), torch.tensor(ts)
+        with torch.no_grad():
+            want = module.denoiser(x, t, {"class": y})
+        got = session.run(["x0", "eps"], {"x_t": x.numpy(), "t": t.float().numpy(), "class_labels": y.numpy()})
+        for name, value in zip(("x0", "eps"), got):
+            np.testing.assert_allclose(value, getattr(want, name).numpy(), atol=1e-4, rtol=1e-4, err_msg=f"{name} {labels}")
+        outputs[tuple(labels)] = (x, t, got[1])
+    # the label reaches the output: the same x_t and t with another class gives another eps
+    x, t, _ = outputs[(2, 2, 3, 3, 1, 0)]
+    eps = session.run(["eps"], {"x_t": x.numpy(), "t": t.float().numpy(), "class_labels": np.array([0, 1, 2, 0, 3, 3])})[0]
+    assert np.abs(eps - outputs[(2, 2, 3, 3, 1, 0)][2]).max() > 1e-2
+
+    info = json.loads((tmp_path / "schedule.json").read_text())
+    assert info["num_classes"] == 3 and info["null_class"] == 3 and info["p_uncond"] == 0.1 and info["guidance_scale"] == 2.5
+    assert info["inputs"]["class_labels"] == ["batch"] and info["conditioning"] == CLASS_COND
+
+
+def test_unconditional_onnx_export_has_no_class_input(tmp_path):
+    import onnx
+
+    export_onnx(tiny_module(), tmp_path)
+    assert [i.name for i in onnx.load(tmp_path / "denoiser.onnx").graph.input] == ["x_t", "t"]
+    info = json.loads((tmp_path / "schedule.json").read_text())
+    assert info["num_classes"] is None and "class_labels" not in info["inputs"] and "guidance_scale" not in info
+
+
 # ---- bad input: one line each, nothing written --------------------------------------------------
 def _one_line(err) -> str:
     message = str(err.value)

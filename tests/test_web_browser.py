@@ -3,8 +3,10 @@
 A tiny model is exported (ddpm_lightning/export/to_web.py, what format=web writes),
 built into a site, served on 127.0.0.1 and driven through the page's test hook `window.ddpmTest`:
 DDIM from the test's starting noise equals the Python sampler's result, DDPM runs to the end,
-bad inputs give messages. The shipped pretrained digits model is timed (DDIM-50, batch 16) and
-screenshotted; with DDPM_WEB_DOCS=1 the screenshot and timing are written to docs/ for the README.
+bad inputs give messages. A tiny class-conditional model: the page's guided DDIM (a class, or
+"all", at several w) equals Python's `module.sample(cond=..., guidance_scale=w)`. The shipped
+pretrained digits model is timed (DDIM-50, batch 16) and screenshotted; with DDPM_WEB_DOCS=1 the
+screenshot and timing are written to docs/ for the README.
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ def tiny(tmp_path_factory):
         yield module, url
 
 
+CLASS_COND = {"type": "class", "num_classes": 4, "p_uncond": 0.1, "guidance_scale": 2.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_class(tmp_path_factory):
+    """(module, url) of a tiny class-conditional model's site (4 classes, null class 4)."""
+    root = tmp_path_factory.mktemp("web_class")
+    module = tiny_module(seed=1, conditioning=CLASS_COND)
+    write_model_dir(module, root / "model", digits_samples(4))
+    site = build_site(root / "site", root / "model")
+    with serving(site) as url:
+        yield module, url
+
+
 def run_page(page, options: dict, noise: torch.Tensor | None = None) -> dict:
     flat = None if noise is None else noise.reshape(-1).tolist()
     return page.evaluate("([o, n]) => window.ddpmTest.generate(o, n)", [options, flat])
@@ -61,6 +77,7 @@ def test_ddim_in_the_browser_equals_the_python_sampler(browser, tiny):
     page, ready = open_page(browser, url)
     assert ready["error"] is None, page.console_messages
     assert ready["backend"] in ("WebGPU", "WASM")
+    assert page.is_hidden("#class-controls")  # an unconditional model: no class, no guidance
     noise = fixed_noise(range(4), module.data_shape, seed=3)
     for steps in (20, 7):
         expected = module.sample(noise=noise, sampler={"name": "ddim", "num_steps": steps, "eta": 0.0}).samples
@@ -71,6 +88,51 @@ def test_ddim_in_the_browser_equals_the_python_sampler(browser, tiny):
         assert (got - expected).abs().max() < 1e-3, f"DDIM-{steps}"
         assert result["backend"] == ready["backend"]
     assert ready["backend"] in page.inner_text("#status") and ready["backend"] in page.inner_text("#progress")
+
+
+def test_guided_ddim_in_the_browser_equals_python_classifier_free_guidance(browser, tiny_class):
+    module, url = tiny_class
+    page, ready = open_page(browser, url)
+    assert ready["error"] is None, page.console_messages
+    # the controls: classes 0..3 and "all" (not the null class 4), w from the model's default
+    assert page.is_visible("#class-controls")
+    assert page.eval_on_selector_all("#class option", "os => os.map(o => o.value)") == ["0", "1", "2", "3", "all"]
+    assert page.input_value("#guidance") == "2" and page.get_attribute("#guidance", "max") == "8"
+    noise = fixed_noise(range(4), module.data_shape, seed=3)
+    sampler = {"name": "ddim", "num_steps": 10, "eta": 0.0}
+    results = {}
+    for label, w in [(3, 2.0), ("all", 2.0), (1, 0.0), (1, 1.0), (0, 5.5)]:
+        cond = {"class": label}
+        expected = module.sample(noise=noise, sampler=sampler, cond=cond, guidance_scale=w).samples
+        result = run_page(page, {"sampler": "ddim", "steps": 10, "eta": 0, "batch": 4, "label": label, "guidance": w}, noise)
+        got = torch.tensor(result["samples"]).reshape(expected.shape)
+        assert result["labels"] == module.conditioning.prepare(cond, 4)["class"].tolist() and result["guidance"] == w
+        err = (got - expected).abs().max().item()
+        print(f"\nclass={label} w={w}: max |page - python| = {err:.2e}")
+        assert err < 1e-3, f"class={label} w={w}: {err}"
+        results[(label, w)] = got
+    # the label and the guidance scale reach the samples
+    assert (results[(3, 2.0)] - results[("all", 2.0)]).abs().max() > 1e-2
+    assert (results[(1, 0.0)] - results[(1, 1.0)]).abs().max() > 1e-2
+    # a class outside [0, K) (the null class too) is refused, with a message and nothing run
+    with pytest.raises(Exception, match=r"class must be an integer in \[0, 4\)"):
+        run_page(page, {"sampler": "ddim", "steps": 3, "batch": 2, "label": 4})
+    with pytest.raises(Exception, match="guidance scale must be a number >= 0"):
+        run_page(page, {"sampler": "ddim", "steps": 3, "batch": 2, "label": 0, "guidance": -1})
+
+
+def test_class_all_button_draws_one_row_per_class(browser, tiny_class):
+    _, url = tiny_class
+    page, _ = open_page(browser, url)
+    page.select_option("#class", "all")
+    page.fill("#steps", "2")
+    page.fill("#batch", "8")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('progress').textContent.startsWith('step 2/2')", timeout=60_000)
+    page.wait_for_function("!window.ddpmTest.state().running", timeout=60_000)
+    # 8 samples of 4 classes: 4 rows (one per class) of 2 images of 16 px with 1 px gaps
+    size = page.evaluate("(() => { const c = document.getElementById('xt-canvas'); return [c.width, c.height]; })()")
+    assert size == [2 * 17 - 1, 4 * 17 - 1]
 
 
 def test_ddpm_runs_to_the_end_within_the_data_range(browser, tiny):

@@ -1,4 +1,4 @@
-"""The browser's JS samplers under Node (`node --test tests/js/`), against the Python samplers'
+"""The browser's JS samplers and guidance under Node (`node --test tests/js/`), against the Python samplers'
 numbers in tests/fixtures/web_samplers.json, which must be what the Python code writes now."""
 
 from __future__ import annotations
@@ -26,4 +26,4 @@ def test_js_samplers_under_node():
         pytest.skip("node is not installed (Node 20 runs the JS sampler tests)")
     result = subprocess.run([node, "--test", "tests/js/"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# fail 0" in result.stdout and "# pass 6" in result.stdout
+    assert "# fail 0" in result.stdout and "# pass 8" in result.stdout

@@ -54,7 +54,7 @@ def test_build_site_holds_page_runtime_and_model(tmp_path):
     # only what the page loads: no webgl/jsep/jspi builds, no source maps
     assert sorted(p.name for p in (site / "ort").iterdir() if p.name != "LICENSE") == sorted(ORT_FILES)
     # no CDN at run time: every URL the page's code names is relative
-    for f in ("index.html", "app.js", "samplers.js"):
+    for f in ("index.html", "app.js", "samplers.js", "guidance.js"):
         assert "http://" not in (site / f).read_text() and "https://" not in (site / f).read_text()
     # a second build into the same folder overwrites nothing without overwrite=True
     with pytest.raises(ValueError, match="already holds"):

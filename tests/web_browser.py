@@ -28,12 +28,15 @@ def chromium_path() -> str:
     return path
 
 
-def tiny_module(seed: int = 0):
-    """A small untrained DiffusionModule for (1, 16, 16) digits (seeded init)."""
+def tiny_module(seed: int = 0, conditioning: dict | None = None):
+    """A small untrained DiffusionModule for (1, 16, 16) digits (seeded init); `conditioning`
+    (e.g. {"type": "class", "num_classes": 4}) makes it conditional, its UNet with a class embedding."""
     from ddpm_lightning.module import DiffusionModule
 
     torch.manual_seed(seed)
-    module = DiffusionModule(TINY_UNET, data_shape=(1, 16, 16), sampler={"name": "ddim", "num_steps": 50, "eta": 0.0})
+    network = {**TINY_UNET, "num_class_embeds": None} if conditioning else TINY_UNET
+    module = DiffusionModule(network, data_shape=(1, 16, 16), sampler={"name": "ddim", "num_steps": 50, "eta": 0.0},
+                             conditioning=conditioning)
     return module.eval()
 
 

@@ -1,5 +1,7 @@
-"""The numbers the JS samplers (ddpm_lightning/web/samplers.js) are checked against under Node:
-Python's timesteps, step coefficients and single steps, written to tests/fixtures/web_samplers.json.
+"""The numbers the JS samplers (ddpm_lightning/web/samplers.js) and the JS guidance
+(ddpm_lightning/web/guidance.js) are checked against under Node: Python's timesteps, step
+coefficients, single steps and guided steps (`ddpm_lightning.guidance.ClassifierFreeGuidance`),
+written to tests/fixtures/web_samplers.json.
 
 Regenerate with `python tests/web_sampler_numbers.py`; tests/test_web_samplers.py fails if the
 committed file is stale."""
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ddpm_lightning.guidance import ClassifierFreeGuidance
 from ddpm_lightning.parameterizations import Prediction
 from ddpm_lightning.process import DiffusionProcess
 from ddpm_lightning.samplers import get_sampler
@@ -38,6 +41,40 @@ def _step_case(process, name: str, num_steps: int, index: int, seed: int, **opti
             "prev": _list(out.prev_sample), "pred_x0": _list(out.pred_x0)}
 
 
+NUM_CLASSES = 3  # the guided cases' labels are in [0, 3), the null class 3
+
+
+def _guided_case(process, name: str, num_steps: int, index: int, seed: int, w: float, labels: list[int], **options) -> dict:
+    """One guided sampler step: a stand-in network answers (x0, eps)_cond for rows with a class and
+    (x0, eps)_uncond for rows with the null class; ClassifierFreeGuidance combines them (one
+    batched call, as the page does) and the sampler steps with the result."""
+    sampler = get_sampler(name, process, **options)
+    sampler.set_timesteps(num_steps)
+    g = torch.Generator().manual_seed(seed)
+    shape = (len(labels), 1, 4, 4)
+    xt, cx0, ceps, ux0, ueps, noise = (torch.randn(*shape, generator=g) for _ in range(6))
+    cx0 = cx0 * 1.5  # some of x0_hat outside [-1, 1], so clipping matters
+    calls = []
+
+    def denoiser(x, t, cond):
+        rows = cond["class"]
+        calls.append(rows.tolist())
+        null = (rows == NUM_CLASSES).reshape(-1, 1, 1, 1)
+        tile = x.shape[0] // len(labels)  # 2 for the batched cond + uncond call
+        return Prediction(torch.where(null, ux0.repeat(tile, 1, 1, 1), cx0.repeat(tile, 1, 1, 1)),
+                          torch.where(null, ueps.repeat(tile, 1, 1, 1), ceps.repeat(tile, 1, 1, 1)))
+
+    guided = ClassifierFreeGuidance(denoiser, w, lambda c: {"class": torch.full_like(c["class"], NUM_CLASSES)})
+    t = int(sampler.timesteps[index])
+    pred = guided(xt, t, {"class": torch.tensor(labels)})
+    out = sampler.step(xt, t, pred, noise=noise)
+    return {"name": name, "num_steps": num_steps, "index": index, "options": options, "t": t, "w": w,
+            "labels": labels, "null_class": NUM_CLASSES, "network_calls": calls,
+            "x_t": _list(xt), "cond_x0": _list(cx0), "cond_eps": _list(ceps), "uncond_x0": _list(ux0),
+            "uncond_eps": _list(ueps), "noise": _list(noise), "guided_x0": _list(pred.x0), "guided_eps": _list(pred.eps),
+            "prev": _list(out.prev_sample), "pred_x0": _list(out.pred_x0)}
+
+
 def sampler_numbers() -> dict:
     process = DiffusionProcess(name="linear", num_timesteps=1000)
     timesteps = [
@@ -61,9 +98,17 @@ def sampler_numbers() -> dict:
         _step_case(process, "ddpm", 100, 10, 4, clip_denoised=True),
         _step_case(process, "ddpm", 100, 99, 5, clip_denoised=True),
     ]
+    guided = [
+        _guided_case(process, "ddim", 50, 3, 10, 2.0, [0, 2], eta=0.0, clip_denoised=True),
+        _guided_case(process, "ddim", 20, 19, 11, 3.5, [1, 1, 0], eta=0.0, clip_denoised=True),
+        _guided_case(process, "ddim", 20, 5, 12, 7.25, [2, 0], eta=0.0, clip_denoised=False),
+        _guided_case(process, "ddpm", 100, 10, 13, 2.0, [0, 1, 2], clip_denoised=True),
+        _guided_case(process, "ddim", 50, 3, 14, 1.0, [2, 1], eta=0.0, clip_denoised=True),
+        _guided_case(process, "ddim", 50, 3, 15, 0.0, [2, 1], eta=0.0, clip_denoised=True),
+    ]
     schedule = {"num_timesteps": 1000, "alphas_cumprod": process.alphas_cumprod_f64.tolist(),
                 "value_range": [-1.0, 1.0]}
-    return {"schedule": schedule, "timesteps": timesteps, "coefficients": coefficients, "steps": steps}
+    return {"schedule": schedule, "timesteps": timesteps, "coefficients": coefficients, "steps": steps, "guided": guided}
 
 
 def fixture_text() -> str:

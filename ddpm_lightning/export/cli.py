@@ -33,7 +33,7 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
     """Export checkpoint `ckpt` as `format` into folder `out`; returns `out`."""
     from ddpm_lightning.checkpoint_file import load_module
     from ddpm_lightning.export.to_diffusers import check_exportable, export_diffusers
-    from ddpm_lightning.export.to_onnx import export_onnx
+    from ddpm_lightning.export.to_onnx import check_onnx_exportable, export_onnx
     from ddpm_lightning.export.to_safetensors import export_safetensors
     from ddpm_lightning.export.to_web import export_web
     from ddpm_lightning.web.site import find_ort_dist
@@ -51,6 +51,8 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
         module = load_module(ckpt, device="cpu")  # one line for a file that is not a train.py checkpoint
     if format == "diffusers":
         check_exportable(module)
+    if format in ("onnx", "web"):
+        check_onnx_exportable(module, format)  # image conditioning: safetensors only, for now
     if format == "web":
         find_ort_dist()  # onnxruntime-web installed (npm ci), or one line saying how
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,13 @@
 // The demo page: loads the exported model folder (denoiser.onnx, schedule.json, data_samples.json),
 // runs the denoiser with onnxruntime-web (WebGPU where the browser has a GPU adapter, WASM
-// otherwise) and the samplers of samplers.js, and draws x_t and x0_hat at every step.
+// otherwise) and the samplers of samplers.js, and draws x_t and x0_hat at every step. A
+// class-conditional model (schedule.json's num_classes) gets a class selector and a guidance
+// slider: classifier-free guidance as in guidance.js (one batched call of 2B rows per step).
 //
 // Test hook: `window.ddpmTest` (see the end of this file) lets a browser test run the same
 // generate() as the button with its own starting noise, and read the result and the backend.
 import { makeSampler, seededNoise } from "./samplers.js";
+import { checkGuidance, classLabels, combine, guidancePlan, repeatBatch } from "./guidance.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { backend: null, error: null, schedule: null, data: null, session: null, ort: null, running: false };
@@ -51,42 +54,62 @@ async function loadRuntime(modelBytes) {
 }
 
 // ---- the denoiser: (x_t, t) -> (x0_hat, eps_hat), with classifier-free guidance when conditional
-async function denoise(xt, t, batch, label, guidance) {
+// One session.run of `rows` rows: x_t (float32), t (float32 timesteps) and, for a class-conditional
+// model, class_labels (int64, the null class = num_classes included).
+async function runNetwork(x, t, rows, labels) {
   const { ort, session, schedule } = state;
-  const shape = [batch, ...schedule.data_shape];
-  const run = async (labels) => {
-    const feeds = {
-      x_t: new ort.Tensor("float32", xt, shape),
-      t: new ort.Tensor("float32", new Float32Array(batch).fill(t), [batch]),
-    };
-    if (labels) feeds.class_labels = new ort.Tensor("int64", BigInt64Array.from(labels, BigInt), [batch]);
-    const out = await session.run(feeds);
-    return { x0: out.x0.data, eps: out.eps.data };
+  const feeds = {
+    x_t: new ort.Tensor("float32", x, [rows, ...schedule.data_shape]),
+    t: new ort.Tensor("float32", new Float32Array(rows).fill(t), [rows]),
   };
-  if (schedule.num_classes == null) return run(null);
-  const cond = await run(new Array(batch).fill(label));
-  if (guidance === 1) return cond;
-  // Ho & Salimans 2022, eq. 6: eps = eps_uncond + w (eps_cond - eps_uncond); label num_classes = no class
-  const uncond = await run(new Array(batch).fill(schedule.num_classes));
-  const abar = schedule.alphas_cumprod[t];
-  const eps = cond.eps.map((c, k) => uncond.eps[k] + guidance * (c - uncond.eps[k]));
-  const x0 = eps.map((e, k) => (xt[k] - Math.sqrt(1 - abar) * e) / Math.sqrt(abar));
-  return { x0, eps };
+  if (labels) feeds.class_labels = new ort.Tensor("int64", BigInt64Array.from(labels, BigInt), [rows]);
+  const out = await session.run(feeds);
+  return { x0: out.x0.data, eps: out.eps.data };
+}
+
+// `labels`: the B class labels (null for an unconditional model); w: the guidance scale.
+async function denoise(xt, t, batch, labels, w) {
+  if (labels == null) return runNetwork(xt, t, batch, null);
+  // Ho & Salimans 2022, eq. 6 on both outputs, one call: the labels' rows, then the null class's
+  const plan = guidancePlan(labels, w, nullClass(state.schedule));
+  return combine(plan, await runNetwork(repeatBatch(xt, plan.rows / batch), t, plan.rows, plan.labels));
+}
+
+const nullClass = (schedule) => schedule.null_class ?? schedule.num_classes;
+const isConditional = (schedule) => schedule.num_classes != null;
+
+// The class labels and guidance scale of a generate() call, checked before any work (one line,
+// as the Python side's ClassConditioning.prepare and Conditioning.guided refuse them).
+function conditioning(options, batch) {
+  const { schedule } = state;
+  if (!isConditional(schedule)) return { labels: null, w: 1 };
+  const labels = classLabels(options.label, batch, schedule.num_classes);
+  const w = options.guidance;
+  checkGuidance(w);
+  if (w !== 1 && schedule.p_uncond === 0) {
+    throw new RangeError(`guidance ${w} needs a model trained with condition dropout (p_uncond > 0); this one has p_uncond = 0: use guidance 1`);
+  }
+  return { labels, w };
 }
 
 // ---- drawing ----------------------------------------------------------------------------------
 // A batch (B, C, H, W) in [-1, 1] as a grid of images; 2-D data (B, 2) as a scatter plot.
-function drawBatch(canvas, x, batch, shape, cols = Math.ceil(Math.sqrt(batch))) {
+// `place(b) -> [row, col]` puts sample b in the grid (default: row by row, `cols` per row); the
+// class "all" passes one row per class (sample b has class b mod K).
+function drawBatch(canvas, x, batch, shape, cols = Math.ceil(Math.sqrt(batch)), place = null) {
   const ctx = canvas.getContext("2d");
   if (shape.length === 1) return drawPoints(canvas, ctx, x, batch, shape[0]);
   const [C, H, W] = shape;
-  const rows = Math.ceil(batch / cols);
+  const at = place ?? ((b) => [Math.floor(b / cols), b % cols]);
+  const cells = Array.from({ length: batch }, (_, b) => at(b));
+  const rows = Math.max(...cells.map(([r]) => r)) + 1;
+  cols = Math.max(...cells.map(([, c]) => c)) + 1;
   canvas.width = cols * (W + 1) - 1;
   canvas.height = rows * (H + 1) - 1;
   const img = ctx.createImageData(canvas.width, canvas.height);
   for (let b = 0; b < batch; b++) {
-    const ox = (b % cols) * (W + 1);
-    const oy = Math.floor(b / cols) * (H + 1);
+    const ox = cells[b][1] * (W + 1);
+    const oy = cells[b][0] * (H + 1);
     for (let i = 0; i < H; i++) {
       for (let j = 0; j < W; j++) {
         const p = ((oy + i) * canvas.width + ox + j) * 4;
@@ -133,7 +156,7 @@ function readForm() {
     eta: Number($("eta").value),
     seed: Number($("seed").value),
     batch: Number($("batch").value),
-    label: Number($("class").value || 0),
+    label: $("class").value, // "0".."K-1" or "all"
     guidance: Number($("guidance").value),
   };
 }
@@ -147,6 +170,11 @@ async function generate(options, noise = null) {
   const size = schedule.data_shape.reduce((a, b) => a * b, 1);
   const { batch } = options;
   const sampler = makeSampler(schedule, { name: options.sampler, numSteps: options.steps, eta: options.eta });
+  const { labels, w } = conditioning(options, batch);
+  // class "all": one row per class (sample b has class b mod K), as the sample command's grid
+  const K = schedule.num_classes;
+  const place = labels && options.label === "all" ? (b) => [b % K, Math.floor(b / K)] : null;
+  const draw = (canvas, v) => drawBatch(canvas, v, batch, schedule.data_shape, undefined, place);
   let x = noise ? Float32Array.from(noise) : seededNoise(options.seed, batch, size);
   if (x.length !== batch * size) throw new RangeError(`noise has ${x.length} values, expected ${batch * size}`);
   const n = sampler.timesteps.length;
@@ -159,20 +187,20 @@ async function generate(options, noise = null) {
     for (let i = 0; i < n; i++) {
       const t = sampler.timesteps[i];
       const start = performance.now();
-      const pred = await denoise(x, t, batch, options.label, options.guidance);
+      const pred = await denoise(x, t, batch, labels, w);
       // step noise: one stream per (seed, step, sample), independent of the batch size
       const z = sampler.needsNoise(i) ? seededNoise(options.seed * 100003 + i + 1, batch, size) : null;
       const { prev, x0 } = sampler.step(i, x, pred.x0, pred.eps, z);
       stepMs.push(performance.now() - start);
       if (keep.has(i)) frames.push([x.slice(0, size), x0.slice(0, size)]);
-      drawBatch($("xt-canvas"), x, batch, schedule.data_shape);
-      drawBatch($("x0-canvas"), x0, batch, schedule.data_shape);
+      draw($("xt-canvas"), x);
+      draw($("x0-canvas"), x0);
       x = prev;
       const mean = stepMs.reduce((a, b) => a + b, 0) / stepMs.length;
       $("progress").textContent = `step ${i + 1}/${n}, t = ${t}: ${stepMs[i].toFixed(1)} ms (mean ${mean.toFixed(1)} ms per step, ${state.backend})`;
       await new Promise((resolve) => setTimeout(resolve, 0)); // let the page repaint
     }
-    drawBatch($("xt-canvas"), x, batch, schedule.data_shape);
+    draw($("xt-canvas"), x);
     frames.push([x.slice(0, size), x.slice(0, size)]);
     drawStrip(frames, schedule.data_shape);
   } finally {
@@ -180,7 +208,8 @@ async function generate(options, noise = null) {
     $("generate").disabled = false;
   }
   const totalMs = stepMs.reduce((a, b) => a + b, 0);
-  return { samples: Array.from(x), shape: [batch, ...schedule.data_shape], timesteps: Array.from(sampler.timesteps), backend: state.backend, stepMs, totalMs };
+  return { samples: Array.from(x), shape: [batch, ...schedule.data_shape], timesteps: Array.from(sampler.timesteps), backend: state.backend,
+    labels, guidance: w, stepMs, totalMs };
 }
 
 // ---- the forward process view -----------------------------------------------------------------
@@ -233,11 +262,7 @@ function setUpForm(schedule) {
   const toggleEta = () => ($("eta-label").hidden = $("sampler").value !== "ddim");
   $("sampler").addEventListener("change", toggleEta);
   toggleEta();
-  if (schedule.num_classes != null) {
-    // conditional models only: class labels 0..K-1 (K = "no class", for guidance)
-    $("class").replaceChildren(...Array.from({ length: schedule.num_classes }, (_, k) => new Option(String(k), String(k))));
-    $("class-controls").hidden = false;
-  }
+  if (isConditional(schedule)) setUpClassControls(schedule);
   $("generate-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     $("form-message").textContent = "";
@@ -252,6 +277,30 @@ function setUpForm(schedule) {
   for (const id of ["steps", "eta", "batch", "seed"]) {
     $(id).addEventListener("input", () => ($("form-message").textContent = $(id).validationMessage));
   }
+}
+
+// Class-conditional models only: classes 0..K-1 and "all" (one row per class; the null class K is
+// the guidance's unconditional pass, not a choice), and w in [0, 8] from the model's default.
+function setUpClassControls(schedule) {
+  const K = schedule.num_classes;
+  const names = schedule.class_names ?? [];
+  $("class").replaceChildren(
+    ...Array.from({ length: K }, (_, k) => new Option(names[k] != null ? `${k}: ${names[k]}` : String(k), String(k))),
+    new Option("all (one row per class)", "all"),
+  );
+  const guidance = $("guidance");
+  const show = () => ($("guidance-value").textContent = Number(guidance.value).toFixed(1));
+  guidance.addEventListener("input", show);
+  if (schedule.p_uncond === 0) {
+    // trained without condition dropout: its null class means nothing (Conditioning.guided refuses too)
+    guidance.value = "1";
+    guidance.disabled = true;
+    guidance.title = "this model was trained with p_uncond = 0: no classifier-free guidance";
+  } else {
+    guidance.value = String(Math.min(8, Math.max(0, schedule.guidance_scale ?? 1)));
+  }
+  show();
+  $("class-controls").hidden = false;
 }
 
 async function start() {
@@ -269,7 +318,8 @@ async function start() {
   setStatus("Starting onnxruntime-web…");
   Object.assign(state, await loadRuntime(modelBytes));
   const T = schedule.num_timesteps;
-  setStatus(`Backend: ${state.backend}. Model: ${schedule.parameterization} parameterization, T = ${T}, data ${JSON.stringify(schedule.data_shape)}.`);
+  const classes = isConditional(schedule) ? `, ${schedule.num_classes} classes (guidance default ${schedule.guidance_scale ?? 1})` : "";
+  setStatus(`Backend: ${state.backend}. Model: ${schedule.parameterization} parameterization, T = ${T}, data ${JSON.stringify(schedule.data_shape)}${classes}.`);
   $("generate").disabled = false;
 }
 
@@ -288,9 +338,13 @@ window.ddpmTest = {
   ready,
   state: () => ({ backend: state.backend, error: state.error, generateDisabled: $("generate").disabled, running: state.running }),
   generate: (options, noise = null) => {
-    const o = { sampler: "ddim", steps: 50, eta: 0, seed: 0, batch: 16, label: 0, guidance: 1, ...options };
+    const guidance = state.schedule?.guidance_scale ?? 1;
+    const o = { sampler: "ddim", steps: 50, eta: 0, seed: 0, batch: 16, label: 0, guidance, ...options };
     // show the options in the form, so a screenshot tells what ran
-    for (const [id, key] of [["sampler", "sampler"], ["steps", "steps"], ["eta", "eta"], ["seed", "seed"], ["batch", "batch"]]) $(id).value = String(o[key]);
+    const fields = [["sampler", "sampler"], ["steps", "steps"], ["eta", "eta"], ["seed", "seed"], ["batch", "batch"]];
+    if (state.schedule && isConditional(state.schedule)) fields.push(["class", "label"], ["guidance", "guidance"]);
+    for (const [id, key] of fields) $(id).value = String(o[key]);
+    $("guidance").dispatchEvent(new Event("input"));
     $("sampler").dispatchEvent(new Event("change"));
     return generate(o, noise);
   },

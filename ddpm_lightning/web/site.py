@@ -1,6 +1,6 @@
 """`build_site(out_dir, model_dir)`: the browser demo as a self-contained static folder.
 
-It holds the page (index.html, app.js, samplers.js, style.css from this package), the model
+It holds the page (index.html, app.js, samplers.js, guidance.js, style.css from this package), the model
 folder of the export (denoiser.onnx, schedule.json, data_samples.json; see the export's contract)
 and onnxruntime-web's files in `ort/`: only the two builds the page loads (the WebGPU build,
 `onnxruntime-web/webgpu`, and the WASM build, `onnxruntime-web/wasm`) with the .mjs/.wasm files
@@ -24,7 +24,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parents[1]
 ORT_VERSION = "1.31.1"  # the pin of package.json (tests/test_web_site.py checks they agree)
-PAGE_FILES = ("index.html", "app.js", "samplers.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "samplers.js", "guidance.js", "style.css")
 MODEL_FILES = ("denoiser.onnx", "schedule.json")  # the export (export/to_onnx.py)
 OPTIONAL_FILES = ("data_samples.json",)  # real images for the forward view (the page says when absent)
 # the two builds app.js imports, and what each fetches (grep their code for "ort-wasm")
