@@ -41,6 +41,43 @@ def strip(frames: torch.Tensor, min_size: int = 48) -> np.ndarray:
     return image_grid(rows, nrow=f, min_size=min_size)
 
 
+def class_rows(samples: torch.Tensor, num_classes: int, per_class: int | None = None) -> torch.Tensor:
+    """Class-balanced samples (sample i of class i mod K, `Conditioning.balanced`) reordered for a
+    grid of `per_class` columns whose row r holds class r: sample r + K j goes to row r, column j.
+    (n, ...) -> (K * per_class, ...); per_class defaults to n // K (the rest are left out)."""
+    k = num_classes
+    m = len(samples) // k if per_class is None else per_class
+    if m < 1 or k * m > len(samples):
+        raise ValueError(f"{len(samples)} samples cannot fill {k} class rows of {m}")
+    return samples[: k * m].reshape(m, k, *samples.shape[1:]).transpose(0, 1).reshape(k * m, *samples.shape[1:])
+
+
+def class_grid(samples: torch.Tensor, num_classes: int, per_class: int | None = None,
+               names: list[str] | None = None, min_size: int = 48) -> np.ndarray:
+    """Class-balanced samples (sample i of class i mod K) as a grid with one row per class, in
+    order 0..K-1, each row labelled on its left with the class (its name, or its index)."""
+    rows = class_rows(samples, num_classes, per_class)
+    m = len(rows) // num_classes
+    grid = image_grid(rows, nrow=m, min_size=min_size)
+    return _label_rows(grid, [str(c) for c in (names or range(num_classes))])
+
+
+def _label_rows(grid: np.ndarray, labels: list[str]) -> np.ndarray:
+    """A white margin on the left of `grid` with labels[r] written level with row r."""
+    from PIL import ImageDraw
+
+    img = Image.fromarray(grid).convert("RGB")
+    width = 8 + 7 * max(len(s) for s in labels)  # PIL's default bitmap font: ~6 px a character
+    out = Image.new("RGB", (img.width + width, img.height), "white")
+    out.paste(img, (width, 0))
+    draw = ImageDraw.Draw(out)
+    row_h = (img.height - 2) / len(labels)  # make_grid: 2 px of padding around every cell
+    for r, text in enumerate(labels):
+        draw.text((4, 2 + r * row_h + row_h / 2 - 6), text, fill="black")
+    arr = np.asarray(out)
+    return arr[..., 0].copy() if grid.ndim == 2 else arr
+
+
 def frame_indices(num_available: int, num_frames: int) -> list[int]:
     """`num_frames` evenly spaced indices into a trajectory, always including both ends."""
     num_frames = max(2, min(num_frames, num_available))

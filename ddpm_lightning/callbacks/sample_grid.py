@@ -9,6 +9,11 @@ trajectory (x_t, and the model's x0_hat, at evenly spaced steps) and, once, a st
 images being noised by the forward process. Pictures are saved as PNG in `out_dir` and logged to
 W&B and TensorBoard loggers; 2-D data gets scatter plots instead.
 
+A class-conditional model draws sample i with class i mod K (`Conditioning.balanced`) at the
+guidance `guidance_scale` (None: the model's `conditioning.guidance_scale`), and its grid has one
+row per class, classes 0..K-1 top to bottom, each labelled: `num_samples` is rounded to the
+nearest multiple of K (at least one sample per class), `num_samples // K` columns.
+
 Sampling happens in `on_validation_batch_end`: inside the validation epoch, where Lightning's
 weight-averaging callback has swapped the EMA weights in, whatever the callback order. Under DDP
 each rank samples its share of the fixed noise and rank 0 writes the gathered grid.
@@ -28,6 +33,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm_lightning import visualize
+from ddpm_lightning.guidance import check_guidance
 from ddpm_lightning.noise import fixed_noise, fixed_samples
 
 
@@ -44,6 +50,8 @@ class SampleGrid(Callback):
         trajectory_frames: columns of the trajectory strip.
         forward_samples: rows of the forward-noising strip of real images (0: none).
         out_dir: where PNGs go; default `<trainer.default_root_dir>/samples`.
+        guidance_scale: classifier-free guidance w of a conditional model's grids (None: the
+            model's `conditioning.guidance_scale`); an unconditional model takes only None or 1.
     """
 
     def __init__(
@@ -56,9 +64,13 @@ class SampleGrid(Callback):
         trajectory_frames: int = 10,
         forward_samples: int = 8,
         out_dir: str | None = None,
+        guidance_scale: float | None = None,
     ) -> None:
         if every_n_steps < 1 or num_samples < 1:
             raise ValueError(f"every_n_steps and num_samples must be >= 1, got {every_n_steps}, {num_samples}")
+        if guidance_scale is not None:
+            check_guidance(guidance_scale)
+        self.guidance_scale = guidance_scale
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.seed = seed
@@ -70,6 +82,25 @@ class SampleGrid(Callback):
         self._last_step: int | None = None
         self._last_paths: dict[str, Path] = {}
         self._forward_done = False
+
+    # ---- start-up check (called by train.build before the Trainer starts) -----------------
+    def check(self, datamodule: Any = None, model: Any = None) -> None:
+        """A guidance the model cannot take (w != 1 for an unconditional model) fails now."""
+        if model is not None and hasattr(model, "conditioning"):
+            model.conditioning.guided(model.denoiser, self.guidance_scale)
+
+    @staticmethod
+    def num_classes(pl_module) -> int | None:
+        """K of a class-conditional model (its grids have one row per class), else None."""
+        conditioning = getattr(pl_module, "conditioning", None)
+        return getattr(conditioning, "num_classes", None)
+
+    def grid_size(self, pl_module) -> int:
+        """num_samples, for a class-conditional image model rounded to a multiple of K (>= K)."""
+        k = self.num_classes(pl_module)
+        if k is None or len(pl_module.data_shape) != 3:
+            return self.num_samples
+        return k * max(1, round(self.num_samples / k))
 
     # ---- hooks ---------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -107,23 +138,33 @@ class SampleGrid(Callback):
         if pl_module.data_shape is None:
             return
         world, rank = trainer.world_size, trainer.global_rank
-        indices = list(range(self.num_samples))
+        total = self.grid_size(pl_module)
+        indices = list(range(total))
         indices += indices[: (-len(indices)) % world]  # equal shares, so all_gather sees equal shapes
         want_traj = rank == 0 and self.trajectory_samples > 0 and len(pl_module.data_shape) == 3
-        out = fixed_samples(pl_module, indices[rank::world], self.seed, sampler=self.sampler, return_trajectory=want_traj)
+        # a class-conditional module gives sample i class i mod K (fixed_samples), here at the grid's guidance
+        guide = {"guidance_scale": self.guidance_scale} if self.num_classes(pl_module) is not None else {}
+        out = fixed_samples(pl_module, indices[rank::world], self.seed, sampler=self.sampler, return_trajectory=want_traj,
+                            **guide)
         samples = out.samples
         if world > 1:
             # (world, n_local, ...) -> interleave back to the order of the fixed noise
             gathered = pl_module.all_gather(samples)
             samples = gathered.transpose(0, 1).reshape(-1, *samples.shape[1:])
-        samples = samples[: self.num_samples]
+        samples = samples[:total]
         self._write(trainer, pl_module, tag, samples, out if want_traj else None)
 
     @rank_zero_only
     def _write(self, trainer, pl_module, tag: str, samples: torch.Tensor, out) -> None:
         images: dict[str, np.ndarray] = {}
         if len(pl_module.data_shape) == 3:
-            images["samples"] = visualize.image_grid(samples)
+            k = self.num_classes(pl_module)
+            if k is None:
+                images["samples"] = visualize.image_grid(samples)
+            else:  # one labelled row per class
+                names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
+                names = names if names is not None and len(names) == k else None
+                images["samples"] = visualize.class_grid(samples, k, names=names)
             if out is not None:
                 k = self.trajectory_samples
                 idx = visualize.frame_indices(len(out.trajectory), self.trajectory_frames)
