@@ -90,3 +90,14 @@ def test_default_study_smoke_scores_each_row_against_the_floor(tmp_path):
         assert 0 <= r["confident"] <= 1 and r["real_confident"] > 0.5 and r["steps"] == 4
     bad = run_script("default_study.py", "--smoke", "--rows", "baseline,nope")
     assert bad.returncode != 0 and "unknown rows ['nope']" in bad.stderr
+
+
+def test_class_conditional_smoke_reports_accuracy_at_each_guidance(tmp_path):
+    out = tmp_path / "cond.json"
+    proc = run_script("class_conditional.py", "--smoke", "--json", str(out), "--grids", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"].rsplit("w = ", 1)[1] for r in rows] == ["1", "2", "3", "5"]
+    assert all(0 <= r["ours"] <= 1 for r in rows)
+    for w in ("1", "3"):
+        assert (tmp_path / f"digits_cond_w{w}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
