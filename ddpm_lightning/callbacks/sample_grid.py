@@ -7,7 +7,8 @@ the grids show the same samples getting better: sample i's starting and step noi
 the same samples. It also draws a strip of the denoising
 trajectory (x_t, and the model's x0_hat, at evenly spaced steps) and, once, a strip of real
 images being noised by the forward process. Pictures are saved as PNG in `out_dir` and logged to
-W&B and TensorBoard loggers; 2-D data gets scatter plots instead.
+W&B and TensorBoard loggers; 2-D data gets scatter plots instead. An image-conditioned model
+gets columns condition | samples | ground truth and val/psnr, val/ssim (`restoration_grid`).
 
 Sampling happens in `on_validation_batch_end`: inside the validation epoch, where Lightning's
 weight-averaging callback has swapped the EMA weights in, whatever the callback order. Under DDP
@@ -28,6 +29,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm_lightning import visualize
+from ddpm_lightning.callbacks import restoration_grid
 from ddpm_lightning.noise import fixed_noise, fixed_samples
 
 
@@ -106,6 +108,8 @@ class SampleGrid(Callback):
     def draw(self, trainer: L.Trainer, pl_module, tag: str) -> None:
         if pl_module.data_shape is None:
             return
+        if getattr(pl_module.conditioning, "type", None) == "image":  # condition | samples | ground truth
+            return restoration_grid.draw(self, trainer, pl_module, tag)
         world, rank = trainer.world_size, trainer.global_rank
         indices = list(range(self.num_samples))
         indices += indices[: (-len(indices)) % world]  # equal shares, so all_gather sees equal shapes
