@@ -5,6 +5,7 @@
     python -m ddpm_lightning.evaluate 'metric=[fid,kid]' samples=A.npz data=digits
     python -m ddpm_lightning.evaluate metric=bpd ckpt=PATH split=val n=1000 timesteps=100
     python -m ddpm_lightning.evaluate -m ckpt=PATH sampler=ddim,ddpm sampler.num_steps=10,50
+    python -m ddpm_lightning.evaluate 'metric=[psnr,ssim]' ckpt=PATH data=digits n=100   # conditioning=image
 
 A Hydra command over conf/evaluate.yaml (`--help` lists every option): `sampler=NAME` is a
 preset of train.py's sampler group, `data=NAME` one of its data group (`data.KEY=VALUE` tunes
@@ -36,7 +37,8 @@ from ddpm_lightning.metrics import auto_feature, check_feature_available, check_
 from ddpm_lightning.metrics import compute_feature_stats, make_feature_extractor, make_metric, real_stats_key
 from ddpm_lightning.noise import fixed_samples
 
-METRICS = ("fid", "kid", "bpd", "nll")
+METRICS = ("fid", "kid", "bpd", "nll", "psnr", "ssim")
+RESTORATION = {"psnr", "ssim"}  # an image-conditioned model against the ground truth (metrics.restoration)
 DEFAULT_N = 10000  # FID-10k when generating from a checkpoint
 
 
@@ -59,6 +61,8 @@ def parse_metrics(value: Any) -> list[str]:
     names = ["bpd" if n == "nll" else n for n in names]
     if "bpd" in names and len(set(names)) > 1:
         raise ValueError("bits/dim (metric=bpd) and fid/kid are separate runs: give one or the other")
+    if RESTORATION & set(names) and not set(names) <= RESTORATION:
+        raise ValueError("psnr/ssim (an image-conditioned model against the ground truth) and fid/kid/bpd are separate runs")
     return list(dict.fromkeys(names))
 
 
@@ -249,6 +253,27 @@ def run_bpd(args: dict[str, Any]) -> dict[str, Any]:
     return {"metric": ["bpd"], **res, "data": dm.name, "split": split, "ckpt": str(args["ckpt"])}
 
 
+# ---- PSNR / SSIM of an image-conditioned model ----------------------------------------------
+def run_restoration(args: dict[str, Any]) -> dict[str, Any]:
+    """Restore n images of the data's split (val) from their conditions; score against them."""
+    from ddpm_lightning.metrics.restoration import restoration_scores
+
+    if not args["ckpt"] or args["samples"] or args["ref"]:
+        raise ValueError("metric=psnr/ssim needs ckpt=PATH (an image-conditioned model) and data=NAME; samples= and ref= do not apply")
+    module = load_module(args["ckpt"], str(resolve_device(args["device"])), bool(args["trust_checkpoint"]))
+    if getattr(module.conditioning, "type", None) != "image":
+        raise ValueError("metric=psnr/ssim scores a model trained with conditioning=image against the ground truth; this one is not image-conditioned")
+    spec = sampler_spec(args["cfg"], module.hparams.sampler)
+    module.make_sampler(spec)  # a bad sampler option fails here, before any work
+    dm = get_datamodule(args, "PSNR/SSIM")
+    check_same_shape(tuple(module.data_shape), tuple(dm.data_shape), f"data {dm.name!r}")
+    split = args["split"] or "val"
+    n = args["n"] or len(dm.split_indices(split))
+    scores = restoration_scores(module, dm.real_samples(n, split), args["seed"], args["batch_size"], sampler=spec)
+    return {"metric": args["metric"], **scores, "task": module.conditioning.task, "data": dm.name, "split": split,
+            "seed": args["seed"], "sampler": sampler_summary(spec), "ckpt": str(args["ckpt"])}
+
+
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     """Evaluate as `cfg` (a composed conf/evaluate.yaml) says; write the JSON to `out`, or to
     `out_dir/result.json` (the job's directory) when `out` is not given."""
@@ -256,8 +281,11 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     args["cfg"] = cfg
     set_host_malloc(args["host_malloc"])  # CPU sampling steps fault their memory back in otherwise
     start = time.perf_counter()
-    result = run_bpd(args) if args["metric"] == ["bpd"] else run_fid(args)
-    bad = {k: result[k] for k in ("fid", "kid", "kid_std", "bpd") if k in result and not math.isfinite(result[k])}
+    if set(args["metric"]) <= RESTORATION:
+        result = run_restoration(args)
+    else:
+        result = run_bpd(args) if args["metric"] == ["bpd"] else run_fid(args)
+    bad = {k: result[k] for k in ("fid", "kid", "kid_std", "bpd", "psnr", "ssim") if k in result and not math.isfinite(result[k])}
     if bad:
         raise ValueError(f"the result is not finite ({', '.join(f'{k}={v}' for k, v in bad.items())}): NaN/Inf samples, "
                          "features or model outputs (a diverged checkpoint?); nothing was written")

@@ -256,7 +256,7 @@ class DiffusionModule(SafeLoading, L.LightningModule):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x0, cond = self.conditioning.split(batch)
+        x0, cond = self.conditioning.split(batch, generator=torch.Generator().manual_seed(2**40 + batch_idx))  # fixed masks
         # the same timesteps and noise for this batch at every validation: curves are comparable
         g = torch.Generator().manual_seed(batch_idx)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=g).to(self.device)

@@ -128,6 +128,8 @@ def generate(module, cfg: DictConfig, spec: dict[str, Any], req: Request | None 
     n, bs, seed = req.n, cfg.batch_size, cfg.seed
     guide = {"guidance_scale": req.guidance, "guidance_rescale": req.rescale} if req.labels is not None else {}
     module.make_sampler(spec)  # a bad sampler option fails here, before any sampling
+    if cfg.get("cond_image") or getattr(module.conditioning, "type", None) == "image":
+        return generate_image_conditioned(module, cfg, spec)
     shape = module.data_shape
     image = load_images(cfg.image, shape, n) if cfg.image else None  # n: all of them (class=all: n x K)
     mask = load_images(cfg.mask, shape, n, kind="mask") if cfg.mask else None
@@ -143,6 +145,28 @@ def generate(module, cfg: DictConfig, spec: dict[str, Any], req: Request | None 
             res = module.sample(image=image[idx.start : idx.stop], strength=cfg.strength, sampler=spec,
                                 generator=sample_generators(idx, seed), progress=cfg.progress, cond=req.cond(idx),
                                 **guide, **kw)
+        out.append(res.samples.cpu())
+    return torch.cat(out), res.nfe
+
+
+def generate_image_conditioned(module, cfg: DictConfig, spec: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """The samples of an image-conditioned model (conditioning=image): sample i restores
+    `cond_image` (one image for all n, or image i of an .npz; `conditioning.image_files`)."""
+    from ddpm_lightning.conditioning.image_files import condition_from_file
+
+    conditioning = module.conditioning
+    if getattr(conditioning, "type", None) != "image":
+        raise ValueError("cond_image= needs a model trained with conditioning=image; this one is "
+                         + ("unconditional" if not conditioning.is_conditional else f"conditioned on {conditioning.type}"))
+    if not cfg.get("cond_image"):
+        raise ValueError(f"this model is image-conditioned (task {conditioning.task}): give cond_image=FILE, the picture to restore")
+    if cfg.image:
+        raise ValueError("give cond_image= (the picture to restore), not image= (img2img), to an image-conditioned model")
+    cond = condition_from_file(conditioning, cfg.cond_image, cfg.n, cfg.mask)  # (n, c, H, W), checked
+    out, bs = [], cfg.batch_size
+    for start in tqdm(range(0, cfg.n, bs), desc="batches", disable=not cfg.progress or cfg.n <= bs):
+        idx = range(start, min(cfg.n, start + bs))
+        res = fixed_samples(module, idx, cfg.seed, sampler=spec, cond={"image": cond[idx.start : idx.stop]}, progress=cfg.progress)
         out.append(res.samples.cpu())
     return torch.cat(out), res.nfe
 

@@ -7,7 +7,8 @@ the grids show the same samples getting better: sample i's starting and step noi
 the same samples. It also draws a strip of the denoising
 trajectory (x_t, and the model's x0_hat, at evenly spaced steps) and, once, a strip of real
 images being noised by the forward process. Pictures are saved as PNG in `out_dir` and logged to
-W&B and TensorBoard loggers; 2-D data gets scatter plots instead.
+W&B and TensorBoard loggers; 2-D data gets scatter plots instead. An image-conditioned model
+gets columns condition | samples | ground truth and val/psnr, val/ssim (`restoration_grid`).
 
 A class-conditional model draws sample i with class i mod K (`Conditioning.balanced`) at the
 guidance `guidance_scale` (None: the model's `conditioning.guidance_scale`), and its grid has one
@@ -33,6 +34,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm_lightning import visualize
+from ddpm_lightning.callbacks import restoration_grid
 from ddpm_lightning.guidance import check_guidance
 from ddpm_lightning.noise import fixed_noise, fixed_samples
 
@@ -137,6 +139,8 @@ class SampleGrid(Callback):
     def draw(self, trainer: L.Trainer, pl_module, tag: str) -> None:
         if pl_module.data_shape is None:
             return
+        if getattr(pl_module.conditioning, "type", None) == "image":  # condition | samples | ground truth
+            return restoration_grid.draw(self, trainer, pl_module, tag)
         world, rank = trainer.world_size, trainer.global_rank
         total = self.grid_size(pl_module)
         indices = list(range(total))

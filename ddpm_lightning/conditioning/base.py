@@ -56,8 +56,9 @@ class Conditioning:
         return self.type != "none"
 
     # ---- training ----------------------------------------------------------------------------
-    def split(self, batch: Any) -> tuple[torch.Tensor, Cond]:
-        """(x0, cond) of a batch: a tensor, or a tuple / list whose first item is the images."""
+    def split(self, batch: Any, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Cond]:
+        """(x0, cond) of a batch: a tensor, or a tuple / list whose first item is the images.
+        `generator`: for a cond drawn at random (inpainting masks), validation's fixed draw."""
         return (batch[0] if isinstance(batch, (tuple, list)) else batch), None
 
     def drop(self, cond: Cond, generator: torch.Generator | None = None) -> Cond:

@@ -40,7 +40,8 @@ def build_conditioning(spec: Conditioning | Mapping[str, Any] | None) -> Conditi
 
 def conditioning_for_data(spec: Mapping[str, Any] | None, datamodule: Any) -> dict[str, Any] | None:
     """The conditioning spec with `num_classes: null` taken from the data; one line if the data
-    has no labels."""
+    has no labels. An image conditioning gets `data_shape: null` from the data (its channels and
+    size: `conditioning.image`)."""
     if not spec:
         return None
     spec = dict(spec)
@@ -55,4 +56,6 @@ def conditioning_for_data(spec: Mapping[str, Any] | None, datamodule: Any) -> di
         if not getattr(datamodule, "with_labels", True):
             raise ValueError(f"conditioning=class needs (image, label) batches: set data.labels=true for data {name!r}")
         spec["num_classes"] = int(num_classes)
+    if spec.get("type") == "image" and spec.get("data_shape") is None:
+        spec["data_shape"] = [int(d) for d in datamodule.data_shape]
     return spec

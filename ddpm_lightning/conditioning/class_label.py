@@ -40,7 +40,7 @@ class ClassConditioning(Conditioning):
     def null_class(self) -> int:
         return self.num_classes
 
-    def split(self, batch: Any) -> tuple[torch.Tensor, Cond]:
+    def split(self, batch: Any, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Cond]:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError("conditioning=class needs (image, label) batches: set data.labels=true (conditioning=class does)")
         return batch[0], {KEY: batch[1].long()}
