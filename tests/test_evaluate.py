@@ -114,7 +114,7 @@ def _save(path: Path, **arrays) -> Path:
 def test_bad_inputs(npz, tmp_path, ckpt):
     a, b = npz / "a.npz", npz / "b.npz"
     cases = [
-        (["metric=fd", f"samples={a}", f"ref={b}"], ValueError, r"unknown metric fd; choose from \['fid', 'kid', 'bpd', 'nll'\]"),
+        (["metric=fd", f"samples={a}", f"ref={b}"], ValueError, r"unknown metric fd; choose from \['fid', 'kid', 'bpd', 'nll', 'psnr', 'ssim'\]"),
         (["metric=[fid,bpd]", f"samples={a}", f"ref={b}"], ValueError, "separate runs"),
         ([f"samples={npz / 'ten.npz'}", f"ref={b}", "feature=digits"], ValueError, r"10 samples of 64-d digits features \(the samples\).*small_sample=warn scores it anyway"),
         ([f"samples={_save(tmp_path / 'f.npz', arr_0=np.zeros((80, 16, 16, 1), np.float32))}", f"ref={b}"],
@@ -147,7 +147,7 @@ def test_command_line_error_is_one_line_with_exit_code_2(npz):
     cmd = [sys.executable, "-m", "ddpm_lightning.evaluate", "metric=is", f"samples={npz / 'a.npz'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown metric is; choose from ['fid', 'kid', 'bpd', 'nll']"]
+    assert proc.stderr.strip().splitlines() == ["error: unknown metric is; choose from ['fid', 'kid', 'bpd', 'nll', 'psnr', 'ssim']"]
 
 
 def test_inception_smoke_against_stored_statistics(tmp_path):
