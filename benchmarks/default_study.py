@@ -42,6 +42,8 @@ ROWS: dict[str, list[str]] = {
     "lr1e-3": ["optimizer.lr=1e-3"],
     "lr2e-4": ["optimizer.lr=2e-4"],                            # Ho et al.'s
     "warmup1000": ["lr_scheduler.warmup_steps=1000"],
+    "cosine_decay": ["lr_scheduler=warmup_cosine"],             # anneal to 0.1 x lr by the last step
+    "lr1e-3_cosine_decay": ["optimizer.lr=1e-3", "lr_scheduler=warmup_cosine"],
     "batch128": ["data.batch_size=128"],                        # 2x the cost per step: see the wall time
     "batch128_equal_time": ["data.batch_size=128", "trainer.max_steps=-1", f"+trainer.max_time={{seconds:{int(BUDGET_S * 0.85)}}}"],
     "ema0.9995": ["callbacks.ema.decay=0.9995"],
