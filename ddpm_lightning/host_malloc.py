@@ -64,3 +64,10 @@ def set_host_malloc(policy: str) -> bool:
     if not ok:
         log.debug("host_malloc=retain: glibc refused a mallopt setting")
     return ok
+
+
+def release_host_memory() -> bool:
+    """Hand the heap's free memory back to the OS now (glibc's `malloc_trim(0)`): what `retain`
+    keeps for the next step is waste once a job has ended. Returns whether glibc released any."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
