@@ -55,6 +55,18 @@ class KillAtStep(L.Callback):
             os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
+class TermAtStep(L.Callback):
+    """SIGTERM the whole run (every DDP rank: the process group, as a scheduler's preemption or
+    `scancel` does) at the end of optimizer step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+
+
 def assert_same_state(a, b, path: str = "checkpoint", skip: tuple[str, ...] = ()) -> None:
     """Every tensor equal (torch.equal), every number and flag equal; strings (the run's own
     paths), ModelCheckpoint's path-keyed `best_k_models` and the paths in `skip` are not compared."""
@@ -243,3 +255,31 @@ def test_killed_command_line_run_resumes_bit_identical(tmp_path, devices):
     run_train(*args, f"hydra.run.dir={resumed}", f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
     # each of the `devices` ranks has 198 / devices digits: 12 / devices batches per epoch
     assert_same_as_uninterrupted(load(resumed), load(reference), resume_step, BATCHES_PER_EPOCH // devices)
+
+
+def term_step(seed: int) -> int:
+    """A step to SIGTERM at, drawn with a seeded generator (printed): not a validation step (every
+    7) nor a periodic save (every 5), so the state at the signal is saved because of the signal."""
+    return random.Random(seed).choice([k for k in range(EVERY + 1, 20) if k % 7 and k % 5])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices, step", [(1, BATCHES_PER_EPOCH), pytest.param(2, term_step(2026), marks=TWO_CPUS),
+                                           pytest.param(2, BATCHES_PER_EPOCH, marks=TWO_CPUS)])
+def test_sigtermed_command_line_run_saves_the_step_at_the_signal_and_resumes_bit_identical(tmp_path, devices, step):
+    """`python train.py ...` SIGTERMed (the process group: every DDP rank at once) between periodic
+    checkpoints exits with 143 after saving the step at the signal; resumed from that `last.ckpt`,
+    it ends bit-identical to the uninterrupted run. Step 12 ends an epoch (for 1 and 2 ranks): a
+    save after the epoch loop's end-of-step bookkeeping, as Lightning's own SIGTERM save is,
+    resumed into an extra epoch there (callbacks/sigterm_notice.py)."""
+    print(f"{devices} process(es): SIGTERM at step {step}")
+    args = [*run_args(**{"callbacks.model_checkpoint.every_n_train_steps": "5",
+                         "callbacks.model_checkpoint.save_last_every_n_steps": "5"}), f"trainer.devices={devices}"]
+    reference, termed, resumed = tmp_path / "uninterrupted", tmp_path / "termed", tmp_path / "resumed"
+    run_train(*args, f"hydra.run.dir={reference}", cwd=tmp_path)
+    output = run_train(*args, f"hydra.run.dir={termed}", "+callbacks.term._target_=test_resume.TermAtStep",
+                       f"+callbacks.term.step={step}", cwd=tmp_path, returncode=128 + signal.SIGTERM, timeout=120)
+    assert f"stopped by SIGTERM at step {step}" in output, output[-3000:]
+    assert load(termed)["global_step"] == step  # not the periodic save before it (a multiple of 5)
+    run_train(*args, f"hydra.run.dir={resumed}", f"ckpt_path={termed / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
+    assert_same_as_uninterrupted(load(resumed), load(reference), step, BATCHES_PER_EPOCH // devices)

@@ -11,8 +11,9 @@ validations, nor on SIGTERM (issue 17: a run to step 290 left `last.ckpt` at ste
 * when training ends, in `on_train_epoch_end` of the last epoch: after the last validation and
   before `on_train_end`, where the EMA callback copies the averaged weights into the model (a
   checkpoint written after that would hold the EMA weights as the live ones);
-* on SIGTERM, at the end of the step (or validation batch) the signal arrived in: Lightning's
-  signal handler stops the loops there with a `SIGTERMException`; train.py then exits with 143.
+* on SIGTERM, at the end of the step the signal arrived in (the same step on every DDP rank,
+  `SigtermNotice`), or at the validation batch it arrived in (one process): Lightning's loops
+  then stop with a `SIGTERMException`, and train.py exits with 143.
 
 The best-`monitor` checkpoint is kept as before (`save_top_k`); these saves of `last.ckpt` do not
 count as the step's save, so they never stop the best checkpoint of that step from being written.
@@ -29,6 +30,7 @@ from lightning.pytorch.loops.utilities import _is_max_limit_reached
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from ddpm_lightning.callbacks.sigterm_notice import SigtermNotice
 from ddpm_lightning.checkpoint_io import remove_stale_temp_files
 
 
@@ -48,6 +50,7 @@ class Checkpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.save_last_every_n_steps = save_last_every_n_steps
         self._newest_step = -1  # the global step whose state last.ckpt holds (-1: none this fit)
+        self._sigterm = SigtermNotice()
 
     # ---- hooks -----------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -56,7 +59,19 @@ class Checkpoint(ModelCheckpoint):
         if trainer.is_global_zero and stage == "fit" and self.dirpath and self._fs.isdir(self.dirpath):
             remove_stale_temp_files(self.dirpath)
 
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sigterm.install(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._sigterm.install(trainer)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        # Lightning runs checkpoint callbacks after the others: the EMA and RNG state are this step's
+        if self._sigterm.agreed(trainer):
+            if self.save_newest(trainer):
+                rank_zero_info(f"SIGTERM: saved the state at step {trainer.global_step} to {self.last_model_path}")
+            self._sigterm.stop(trainer)
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         every = self.save_last_every_n_steps
         if every and trainer.global_step % every == 0 and not _validation_follows(trainer):
