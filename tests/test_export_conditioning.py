@@ -95,6 +95,10 @@ def test_safetensors_export_of_a_conditional_model_predicts_the_same_and_keeps_i
     assert json.loads((out / "hparams.json").read_text())["conditioning"] == spec
     for loaded in (load_module(out, device="cpu"), DiffusionModule.from_pretrained(out).eval()):
         assert loaded.conditioning.spec() == spec
+        if kind == "class":
+            assert loaded.conditioning.null_class == 3 and loaded.network.num_class_embeds == 4
+        else:
+            assert loaded.conditioning.task == "inpainting" and loaded.conditioning.cond_channels == 2 == loaded.network.cond_channels
         assert_same_model(module, loaded)
 
 

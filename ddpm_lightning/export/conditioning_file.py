@@ -13,7 +13,9 @@ beside `model_index.json`:
      "cond_channels": 2, "data_channels": 1, "task": "inpainting"}  # image-conditioned
 
 Only `conditioning` is read back (`module_from_pipeline`); the other keys say the same thing
-for a reader outside this package, and are checked against the UNet config when read. An
+for a reader outside this package. The UNet config is checked against the spec when the module is
+built (`PretrainedUNet`: the class table's rows, the input channels), so a record that does not
+fit its UNet is one line, not another model. An
 unconditional model writes no file, so its folder stays exactly what `DDPMPipeline.save_pretrained`
 writes.
 """
