@@ -232,6 +232,11 @@ def test_a_format_that_cannot_carry_the_conditioning_refuses_in_one_line(tmp_pat
     with pytest.raises(ValueError, match="format=web: the browser page has no way to give a conditioning image.*format=onnx") as err:
         export(image, "web", tmp_path / "site")
     _one_line(err)
+    from ddpm_lightning.export.to_web import export_web
+
+    with pytest.raises(ValueError, match="format=web: the browser page") as err:  # the Python call, too
+        export_web(image_model(), image, tmp_path / "site")
+    _one_line(err)
     # the page refuses an ONNX folder of an image-conditioned model too
     export(image, "onnx", tmp_path / "onnx")
     with pytest.raises(ValueError, match=r"inputs \['cond_image'\] the page cannot give") as err:
