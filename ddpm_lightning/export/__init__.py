@@ -5,6 +5,9 @@ a diffusers pipeline folder.
 * `export_diffusers(module, out)`, `export_safetensors(checkpoint, out)`, `export_onnx(module, out)`:
   one format each (`to_diffusers.py`, `to_safetensors.py`, `to_onnx.py`);
 * `module_from_pipeline(dir)`: a diffusers DDPM/DDIM pipeline folder as a `DiffusionModule`.
+
+Conditional models export to every format (`conditioning_file.py`: the record a diffusers folder
+carries); `format=web` refuses an image-conditioned one (the page cannot give the image).
 """
 
 from ddpm_lightning.export.cli import FORMATS, export

@@ -50,9 +50,9 @@ def export(ckpt: str | Path, format: str, out: str | Path, overwrite: bool = Fal
     else:
         module = load_module(ckpt, device="cpu")  # one line for a file that is not a train.py checkpoint
     if format == "diffusers":
-        check_exportable(module)
+        check_exportable(module)  # UNet, prediction type, variance, conditioning the folder can carry
     if format in ("onnx", "web"):
-        check_onnx_exportable(module, format)  # image conditioning: safetensors only, for now
+        check_onnx_exportable(module, format)  # web: no conditioning image input on the page
     if format == "web":
         find_ort_dist()  # onnxruntime-web installed (npm ci), or one line saying how
     out.parent.mkdir(parents=True, exist_ok=True)

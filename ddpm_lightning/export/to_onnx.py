@@ -17,8 +17,15 @@ sampler written in another language (onnxruntime-web, issue 15) needs nothing el
   variance also outputs `log_var` (log Sigma_t) and, for `learned_range`, `var_frac` (its eq. 15
   fraction, for respaced sampling).
 
-Image-conditioned models (`conditioning=image`) are refused for now, in one line, before anything
-is written: they export to safetensors only.
+* an image-conditioned model (`conditioning=image`) has a third input `cond_image` float32
+  (batch, cond_channels, H, W): the task's condition in [-1, 1] (`ImageConditioning.condition_for`:
+  super-resolution's low-resolution image already resized to H x W, inpainting's masked image
+  and mask, colorization's luma), concatenated to x_t on the channels inside the graph (SR3 /
+  Palette). Its null condition is the all-zero image, for guidance as above (meaningful only
+  for a model trained with p_uncond > 0). The web page has no input for it (`format=web` refuses).
+
+Other conditioning types (a subclass of one's own) are refused in one line, before anything is
+written: they export to safetensors only.
 
 GroupNorm is exported by the TorchScript exporter as InstanceNormalization + Mul + Add, not as
 GroupNormalization-21, which onnxruntime does not implement (#24538). Models over 2 GB would need
@@ -26,8 +33,10 @@ external data; the exporter writes it next to the file only then.
 
 `schedule.json`: T, alphas_cumprod (float64), parameterization, data shape, value range (images
 in [-1, 1]), the default sampler spec and its timesteps, the input/output names, and the
-conditioning: `num_classes` (None for an unconditional model), `null_class`, `p_uncond` and the
-default `guidance_scale` (plus the full spec under `conditioning`).
+conditioning: `num_classes` (None for an unconditional or image-conditioned model), `null_class`,
+`p_uncond` and the default `guidance_scale` (plus the full spec under `conditioning`); for an
+image-conditioned model `cond_channels`, `task` and `null_cond_image` (0.0: all zeros) instead of
+`null_class`.
 """
 
 from __future__ import annotations
@@ -44,20 +53,28 @@ ONNX_FILE = "denoiser.onnx"
 SCHEDULE_FILE = "schedule.json"
 OPSET = 17  # >= 17: LayerNormalization; below 18, so no GroupNormalization op can appear
 CLASS_INPUT = "class_labels"
-GRAPH_CONDITIONINGS = ("none", "class")  # what the graph has inputs for
+IMAGE_INPUT = "cond_image"
+# the graph's condition input of each conditioning type, and the key of the cond dict it fills
+COND_INPUTS = {"none": None, "class": (CLASS_INPUT, "class"), "image": (IMAGE_INPUT, "image")}
+WEB_CONDITIONINGS = ("none", "class")  # what the page (ddpm_lightning/web) has controls for
 
 
 def check_onnx_exportable(module: Any, format: str = "onnx") -> None:
-    """Raise ValueError (one line) for a model the graph has no inputs for (image conditioning)."""
-    kind = getattr(getattr(module, "conditioning", None), "type", "none")
-    if kind not in GRAPH_CONDITIONINGS:
-        raise ValueError(f"format={format} supports unconditional and class-conditional models, but this model has "
-                         f"conditioning type {kind!r}: {kind}-conditioned models export to safetensors only for now (format=safetensors)")
+    """Raise ValueError (one line) for a model the graph (or, format=web, the page) has no inputs for."""
+    cond = getattr(module, "conditioning", None)
+    kind = getattr(cond, "type", "none")
+    if kind not in COND_INPUTS:
+        raise ValueError(f"format={format} carries conditioning types {list(COND_INPUTS)}, but this model's is {kind!r} "
+                         f"({type(cond).__name__}); export format=safetensors instead")
+    if format == "web" and kind not in WEB_CONDITIONINGS:
+        raise ValueError(f"format=web: the browser page has no way to give a conditioning image, and this model is "
+                         f"{kind}-conditioned ({getattr(cond, 'task', kind)}); export format=onnx (a cond_image input) or safetensors instead")
 
 
 def input_names(module: Any) -> list[str]:
-    """x_t and t; a class-conditional model adds class_labels."""
-    return ["x_t", "t", *([CLASS_INPUT] if module.conditioning.type == "class" else [])]
+    """x_t and t; a class-conditional model adds class_labels, an image-conditioned one cond_image."""
+    extra = COND_INPUTS[module.conditioning.type]
+    return ["x_t", "t", *([extra[0]] if extra else [])]
 
 
 def output_names(variance: str) -> list[str]:
@@ -69,16 +86,18 @@ class OnnxDenoiser(nn.Module):
     """(x_t, t float32) -> (x0_hat, eps_hat[, log_var, var_frac]): the module's Denoiser with t
     cast in the graph."""
 
-    def __init__(self, denoiser: nn.Module, num_timesteps: int) -> None:
+    def __init__(self, denoiser: nn.Module, num_timesteps: int, cond_key: str | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.num_timesteps = num_timesteps
+        self.cond_key = cond_key  # "class" or "image": the cond dict key of the third input
         self.outputs = output_names(getattr(denoiser, "variance", "fixed"))
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         t = t.round().clamp(0, self.num_timesteps - 1).to(torch.int64)  # (B,) timesteps
-        # the conditional model's cond dict, as training built it (ClassConditioning.split)
-        pred = self.denoiser(x_t, t, None if class_labels is None else {"class": class_labels})
+        # the conditional model's cond dict, as training built it (ClassConditioning.split:
+        # (B,) labels; ImageConditioning.split: (B, c, H, W), concatenated to x_t by the UNet)
+        pred = self.denoiser(x_t, t, None if cond is None else {self.cond_key: cond})
         return tuple(getattr(pred, name) for name in self.outputs)
 
 
@@ -91,9 +110,19 @@ def schedule_info(module: Any) -> dict[str, Any]:
     shape = list(module.data_shape)
     cond = module.conditioning
     classes = cond.num_classes if cond.type == "class" else None
-    inputs = {"x_t": ["batch", *shape], "t": ["batch"], **({CLASS_INPUT: ["batch"]} if classes else {})}
-    dtypes = {"x_t": "float32", "t": "float32 (integer timesteps in [0, T))",
-              **({CLASS_INPUT: f"int64 (classes in [0, {classes}), {classes} = the null class)"} if classes else {})}
+    inputs = {"x_t": ["batch", *shape], "t": ["batch"]}
+    dtypes = {"x_t": "float32", "t": "float32 (integer timesteps in [0, T))"}
+    extra: dict[str, Any] = {}
+    if classes:
+        inputs[CLASS_INPUT] = ["batch"]
+        dtypes[CLASS_INPUT] = f"int64 (classes in [0, {classes}), {classes} = the null class)"
+        extra = {"null_class": cond.null_class}
+    elif cond.type == "image":
+        c = cond.cond_channels
+        inputs[IMAGE_INPUT] = ["batch", c, *shape[1:]]
+        dtypes[IMAGE_INPUT] = (f"float32 in [-1, 1] (the {cond.task} condition of the target, {c} channel(s) at the data's size, "
+                               "concatenated to x_t on the channels; all zeros = the null condition)")
+        extra = {"cond_channels": c, "task": cond.task, "null_cond_image": 0.0}
     return {
         "format": "ddpm_lightning.onnx",
         "version": 1,
@@ -113,10 +142,10 @@ def schedule_info(module: Any) -> dict[str, Any]:
         # what the browser demo reads (ddpm_lightning/web): clipping and its default sampler
         "clip_denoised": spec["clip_denoised"],
         "default_sampler": {"name": spec.get("name", "ddpm"), "num_steps": num_steps, "eta": float(spec.get("eta") or 0.0)},
-        "num_classes": classes,  # None: unconditional (the page then shows no class controls)
-        # class-conditional models only: the page's class selector and guidance slider
-        **({"null_class": cond.null_class, "p_uncond": cond.p_uncond, "guidance_scale": cond.guidance_scale,
-            "conditioning": cond.spec()} if classes else {}),
+        "num_classes": classes,  # None: no class input (the page then shows no class controls)
+        # conditional models only: the page's class selector and guidance slider (class labels)
+        **({**extra, "p_uncond": cond.p_uncond, "guidance_scale": cond.guidance_scale,
+            "conditioning": cond.spec()} if cond.is_conditional else {}),
     }
 
 
@@ -128,14 +157,18 @@ def export_onnx(module: Any, out: str | Path, opset: int = OPSET) -> Path:
     out = Path(out)
     info = schedule_info(module)
     module = module.to("cpu").float()
-    graph = OnnxDenoiser(module.denoiser, module.num_timesteps).eval()
+    kind = module.conditioning.type
+    graph = OnnxDenoiser(module.denoiser, module.num_timesteps, COND_INPUTS[kind][1] if COND_INPUTS[kind] else None).eval()
     was_training = module.training
     module.eval()
     x = torch.zeros(2, *module.data_shape)
     t = torch.tensor([0.0, module.num_timesteps - 1.0])
     names = input_names(module)
-    # a class and the null class: both rows of the embedding table are traced alike (one Gather)
-    args = (x, t, torch.tensor([0, module.conditioning.num_classes])) if CLASS_INPUT in names else (x, t)
+    args: tuple[torch.Tensor, ...] = (x, t)
+    if kind == "class":  # a class and the null class: both rows of the embedding table are traced alike (one Gather)
+        args = (x, t, torch.tensor([0, module.conditioning.num_classes]))
+    elif kind == "image":  # values do not steer the trace: the condition is only concatenated
+        args = (x, t, module.conditioning.example(2, tuple(module.data_shape))["image"])
     out.mkdir(parents=True, exist_ok=True)
     path = out / ONNX_FILE
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ddpm_lightning.export.to_onnx import export_onnx
+from ddpm_lightning.export.to_onnx import check_onnx_exportable, export_onnx
 
 DATA_SAMPLES_FILE = "data_samples.json"
 NUM_DATA_SAMPLES = 16  # real images for the page's forward-process view
@@ -46,5 +46,6 @@ def run_data_samples(ckpt: str | Path, module: Any) -> torch.Tensor | None:
 def export_web(module: Any, ckpt: str | Path, out: str | Path) -> Path:
     from ddpm_lightning.web import build_site
 
+    check_onnx_exportable(module, "web")  # before anything is written: the page gives no conditioning image
     write_model_dir(module, out, run_data_samples(ckpt, module))
     return build_site(out, out, overwrite=True)

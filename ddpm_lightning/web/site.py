@@ -32,6 +32,7 @@ ORT_FILES = (
     "ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm",
     "ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm",
 )
+PAGE_INPUTS = ("x_t", "t", "class_labels")  # what app.js feeds the graph
 SCHEDULE_KEYS = ("num_timesteps", "alphas_cumprod", "data_shape", "value_range", "clip_denoised")
 
 
@@ -68,6 +69,10 @@ def check_model_dir(model_dir: Path) -> dict:
     absent = [k for k in SCHEDULE_KEYS if k not in schedule]
     if absent:
         raise ValueError(f"{model_dir / 'schedule.json'} lacks keys {absent}; it needs {list(SCHEDULE_KEYS)}")
+    unknown = sorted(set(schedule.get("inputs", {})) - set(PAGE_INPUTS))
+    if unknown:  # e.g. an image-conditioned model's cond_image: the page has no control to give it
+        raise ValueError(f"{model_dir / 'schedule.json'}: the model takes inputs {unknown} the page cannot give (it gives {list(PAGE_INPUTS)}); "
+                         "sample this model in Python (format=onnx or safetensors)")
     if len(schedule["alphas_cumprod"]) != schedule["num_timesteps"]:
         raise ValueError(f"schedule.json has {len(schedule['alphas_cumprod'])} alphas_cumprod for num_timesteps={schedule['num_timesteps']}")
     return schedule
