@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=8", "trainer.limit_val_batches=1",
          "callbacks.sample_grid.num_samples=10", "sampler.num_steps=2", "callbacks.sample_grid.trajectory_samples=0",
          "callbacks.sample_grid.forward_samples=0", "network.block_out_channels=[16,16,32]",
-         "network.attention_head_dim=8", "network.norm_num_groups=8"]
+         "network.attention_head_dim=8", "network.norm_num_groups=8", "callbacks.class_accuracy.num_samples=20",
+         "callbacks.class_accuracy.sampler.num_steps=2"]
 SCALES = (1.0, 2.0, 3.0, 5.0)
 
 
