@@ -34,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm_lightning.checkpoint_file import load_module
 from ddpm_lightning.cli import compose, is_multirun, job_dir, run_command, sampler_spec, sampler_summary
-from ddpm_lightning.guidance import check_guidance
 from ddpm_lightning.evaluation_inputs import check_same_shape, get_datamodule, load_array_file
+from ddpm_lightning.guidance import check_guidance
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.metrics import FEATURE_DIMS, FEATURES, FeatureStats, PrecomputedFeatures, RealStatsCache
 from ddpm_lightning.metrics import auto_feature, check_feature_available, check_feature_for_data, check_sample_size

@@ -31,7 +31,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from ddpm_lightning.guidance import check_guidance
-from ddpm_lightning.metrics.class_accuracy import check_class_model, check_digits_classes, check_digits_data, class_accuracy_counts, load_digit_classifier
+from ddpm_lightning.metrics.class_accuracy import (
+    check_class_model,
+    check_digits_classes,
+    check_digits_data,
+    class_accuracy_counts,
+    load_digit_classifier,
+)
 
 KEY = "val/class_accuracy"
 
@@ -133,7 +139,7 @@ class ClassAccuracy(Callback):
         mine = range(trainer.global_rank, self.num_samples, trainer.world_size)  # no duplicates, no padding
         correct, total, _ = class_accuracy_counts(pl_module, mine, self.classifier, self.seed, self.batch_size,
                                                   sampler=self.sampler, guidance_scale=self.guidance_scale)
-        counts = torch.tensor([correct, total], dtype=torch.float64, device=device)
+        counts = torch.tensor([correct, total], dtype=torch.float32, device=device)  # exact below 2**24; any backend
         if trainer.world_size > 1:  # every rank calls it (a collective)
             counts = trainer.strategy.reduce(counts, reduce_op="sum")
         accuracy = (counts[0] / counts[1]).float()
