@@ -27,26 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=8", "trainer.limit_val_batches=1",
          "callbacks.sample_grid.num_samples=10", "sampler.num_steps=2", "callbacks.sample_grid.trajectory_samples=0",
          "callbacks.sample_grid.forward_samples=0", "network.block_out_channels=[16,16,32]",
-         "network.attention_head_dim=8", "network.norm_num_groups=8"]
+         "network.attention_head_dim=8", "network.norm_num_groups=8", "callbacks.class_accuracy.num_samples=20",
+         "callbacks.class_accuracy.sampler.num_steps=2"]
 SCALES = (1.0, 2.0, 3.0, 5.0)
 
 
 def class_accuracy(module, n: int, scale: float, num_steps: int = 50, seed: int = 0, batch_size: int = 250) -> tuple[float, torch.Tensor]:
-    """(accuracy, samples): the share of n class-balanced guided samples the classifier labels as asked."""
-    from ddpm_lightning.metrics.digits import load_digit_cnn, resize_digits
-    from ddpm_lightning.noise import fixed_samples
+    """(accuracy, samples): the share of n class-balanced guided samples the classifier labels as
+    asked, DDIM `num_steps` (the scoring is the package's, shared with val/class_accuracy)."""
+    from ddpm_lightning.metrics.class_accuracy import class_accuracy as score
 
-    cnn = load_digit_cnn()
     spec = {"name": "ddim", "num_steps": num_steps, "eta": 0.0}
-    samples, asked = [], []
-    for start in range(0, n, batch_size):
-        idx = range(start, min(n, start + batch_size))
-        samples.append(fixed_samples(module, idx, seed, sampler=spec, guidance_scale=scale).samples.cpu())
-        asked.append(module.conditioning.balanced(idx)["class"])
-    samples, asked = torch.cat(samples), torch.cat(asked)
-    with torch.no_grad():
-        predicted = cnn(resize_digits(samples)).argmax(-1)
-    return float((predicted == asked).double().mean()), samples
+    return score(module, n, scale, seed=seed, batch_size=batch_size, sampler=spec)
 
 
 def run(args) -> list[Row]:

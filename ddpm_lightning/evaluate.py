@@ -6,12 +6,16 @@
     python -m ddpm_lightning.evaluate metric=bpd ckpt=PATH split=val n=1000 timesteps=100
     python -m ddpm_lightning.evaluate -m ckpt=PATH sampler=ddim,ddpm sampler.num_steps=10,50
     python -m ddpm_lightning.evaluate 'metric=[psnr,ssim]' ckpt=PATH data=digits n=100   # conditioning=image
+    python -m ddpm_lightning.evaluate ckpt=PATH guidance=3 n=1000   # conditioning=class: class-balanced, guided at w = 3
 
 A Hydra command over conf/evaluate.yaml (`--help` lists every option): `sampler=NAME` is a
 preset of train.py's sampler group, `data=NAME` one of its data group (`data.KEY=VALUE` tunes
 it), `-m` sweeps, one result per job (`<job dir>/result.json`, or `out=FILE`). The reference's
 feature statistics come from `metrics.RealStatsCache`, the same cache as the FID callback's;
-generated sample i comes from (seed, i) only (`noise.fixed_samples`), as in the FID callback.
+generated sample i comes from (seed, i) only (`noise.fixed_samples`), as in the FID callback; a
+class-conditional model's sample i asks for class i mod K (class-balanced, as the FID callback
+draws), at the guidance `guidance=W` (default the checkpoint's `conditioning.guidance_scale`),
+and the JSON's "samples" record names both.
 Errors a user can cause (unknown metric, too few samples, a malformed .npz, images of another
 size than the reference) end with one line `error: ...` and exit code 2.
 """
@@ -31,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm_lightning.checkpoint_file import load_module
 from ddpm_lightning.cli import compose, is_multirun, job_dir, run_command, sampler_spec, sampler_summary
 from ddpm_lightning.evaluation_inputs import check_same_shape, get_datamodule, load_array_file
+from ddpm_lightning.guidance import check_guidance
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.metrics import FEATURE_DIMS, FEATURES, FeatureStats, PrecomputedFeatures, RealStatsCache
 from ddpm_lightning.metrics import auto_feature, check_feature_available, check_feature_for_data, check_sample_size
@@ -81,6 +86,8 @@ def check_args(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"small_sample must be 'error' or 'warn', got {args['small_sample']!r}")
     if args["split"] is not None and args["split"] not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {args['split']!r}")
+    if args["guidance"] is not None:  # < 0 or not a number: before any checkpoint is read
+        check_guidance(args["guidance"])
     if args["data_dir"] is not None:  # the old spelling of paths.data_dir
         args["paths"]["data_dir"] = args["data_dir"]
     return args
@@ -103,12 +110,34 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ---- generated samples ---------------------------------------------------------------------
+def guidance_record(module, guidance: float | None) -> dict[str, Any]:
+    """What the JSON says of a conditional model's draw (nothing for an unconditional one), and
+    `guidance=` checked against the model, one line before any sampling: a number for an
+    unconditional model, or w != 1 for one trained without condition dropout, is refused."""
+    conditioning = module.conditioning
+    if not conditioning.is_conditional:
+        if guidance is not None:
+            raise ValueError(f"guidance={guidance!r} needs a conditional model (conditioning=class), but this checkpoint "
+                             "is unconditional (trained with conditioning=none): leave guidance unset")
+        return {}
+    conditioning.guided(module.denoiser, guidance)  # w != 1 without condition dropout: one line
+    w = conditioning.guidance_scale if guidance is None else float(guidance)
+    record: dict[str, Any] = {"guidance_scale": w,
+                              "guidance_from": "guidance=" if guidance is not None else "conditioning.guidance_scale of the checkpoint"}
+    k = getattr(conditioning, "num_classes", None)
+    if k is not None:  # fixed_samples gives sample i class i mod K
+        record.update(labels="class-balanced (sample i: class i mod K)", class_balanced=True, num_classes=k)
+    return record
+
+
 def generated_batches(module, n: int, batch_size: int, spec: dict[str, Any], seed: int,
-                      record: dict[str, Any] | None = None) -> Iterator[torch.Tensor]:
-    """n samples of `module` in batches; sample i depends on (seed, i) only (as in the FID callback).
+                      record: dict[str, Any] | None = None, guidance: float | None = None) -> Iterator[torch.Tensor]:
+    """n samples of `module` in batches; sample i depends on (seed, i) only (as in the FID callback),
+    and for a class-conditional model asks for class i mod K, at guidance w (None: the model's).
     `record["nfe"]` gets the network evaluations per sample (Heun's steps cost two)."""
+    guide = {"guidance_scale": guidance} if module.conditioning.is_conditional else {}
     for start in range(0, n, batch_size):
-        res = fixed_samples(module, range(start, min(n, start + batch_size)), seed, sampler=spec)
+        res = fixed_samples(module, range(start, min(n, start + batch_size)), seed, sampler=spec, **guide)
         if record is not None:
             record["nfe"] = res.nfe
         yield res.samples
@@ -135,6 +164,8 @@ def run_fid(args: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("give samples=FILE.npz or ckpt=PATH: the samples to score")
     if args["ref"] and args["data"]:
         raise ValueError("give ref=FILE.npz or data=NAME (the reference), not both")
+    if args["samples"] and args["guidance"] is not None:
+        raise ValueError(f"guidance={args['guidance']} applies to samples generated from ckpt=, not to samples={args['samples']}")
     device = resolve_device(args["device"])
     result: dict[str, Any] = {"metric": metrics}
 
@@ -154,8 +185,11 @@ def run_fid(args: dict[str, Any]) -> dict[str, Any]:
         n = args["n"] or DEFAULT_N
         spec = args["sampler_spec"] = sampler_spec(args["cfg"], module.hparams.sampler)
         module.make_sampler(spec)  # a bad sampler option fails here, before any work
+        if getattr(module.conditioning, "type", None) == "image":
+            raise ValueError("metric=fid/kid draws samples without conditions, but this checkpoint is image-conditioned "
+                             "(conditioning=image): score its restorations with metric=[psnr,ssim]")
         result["samples"] = {"source": "ckpt", "path": str(args["ckpt"]), "n": n, "seed": args["seed"],
-                             "sampler": sampler_summary(spec)}
+                             "sampler": sampler_summary(spec), **guidance_record(module, args["guidance"])}
 
     # 2. the reference: a file, a data set, or the checkpoint's run's data
     dm = ref = None
@@ -210,7 +244,7 @@ def run_fid(args: dict[str, Any]) -> dict[str, Any]:
 
     # 5. the samples' features, batch by batch (generated samples are dropped after their batch)
     if module is not None:
-        batches = generated_batches(module, n, bs, spec, args["seed"], record=result["samples"])
+        batches = generated_batches(module, n, bs, spec, args["seed"], record=result["samples"], guidance=args["guidance"])
         desc = f"sampling + {feature} features"
     else:
         batches = fake_images.split(bs)
@@ -234,8 +268,8 @@ def run_bpd(args: dict[str, Any]) -> dict[str, Any]:
 
     if not args["ckpt"]:
         raise ValueError("metric=bpd needs ckpt=PATH: bits/dim is a property of a model")
-    if args["samples"] or args["ref"]:
-        raise ValueError("metric=bpd scores a model on real data (ckpt= and data=); samples= and ref= do not apply")
+    if args["samples"] or args["ref"] or args["guidance"] is not None:
+        raise ValueError("metric=bpd scores a model on real data (ckpt= and data=); samples=, ref= and guidance= do not apply")
     device = resolve_device(args["device"])
     module = load_module(args["ckpt"], str(device), bool(args["trust_checkpoint"]))
     if module.data_shape is None or len(module.data_shape) != 3:
@@ -265,13 +299,15 @@ def run_restoration(args: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("metric=psnr/ssim scores a model trained with conditioning=image against the ground truth; this one is not image-conditioned")
     spec = sampler_spec(args["cfg"], module.hparams.sampler)
     module.make_sampler(spec)  # a bad sampler option fails here, before any work
+    guided = guidance_record(module, args["guidance"])  # w != 1 needs a model trained with p_uncond > 0
     dm = get_datamodule(args, "PSNR/SSIM")
     check_same_shape(tuple(module.data_shape), tuple(dm.data_shape), f"data {dm.name!r}")
     split = args["split"] or "val"
     n = args["n"] or len(dm.split_indices(split))
-    scores = restoration_scores(module, dm.real_samples(n, split), args["seed"], args["batch_size"], sampler=spec)
+    scores = restoration_scores(module, dm.real_samples(n, split), args["seed"], args["batch_size"], sampler=spec,
+                                guidance_scale=args["guidance"])
     return {"metric": args["metric"], **scores, "task": module.conditioning.task, "data": dm.name, "split": split,
-            "seed": args["seed"], "sampler": sampler_summary(spec), "ckpt": str(args["ckpt"])}
+            "seed": args["seed"], "sampler": sampler_summary(spec), **guided, "ckpt": str(args["ckpt"])}
 
 
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:

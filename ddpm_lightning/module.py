@@ -310,8 +310,9 @@ class DiffusionModule(SafeLoading, L.LightningModule):
         return_trajectory: bool = False,
         progress: bool = False,
     ) -> SampleOutput:
-        """Draw `n` samples (or one per row of `noise` / `image`) with the given sampler (default:
-        the module's), in eval mode and under inference mode. See
+        """Draw `n` samples (or one per row of `noise` / `image` / of a batch of conditions, such as
+        `cond={"image": c}` of shape (n, c, H, W)) with the given sampler (default: the module's),
+        in eval mode and under inference mode. See
         `ddpm_lightning.sampling.denoising_loop` for img2img (`image`, `strength`), inpainting
         (`image`, `mask`) and per-sample generators.
 
@@ -323,8 +324,10 @@ class DiffusionModule(SafeLoading, L.LightningModule):
             raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
         shape = None
         if noise is None and image is None:
+            if n is None:  # a batch of condition images (or of labels) says how many
+                n = self.conditioning.batch_of(cond)
             if n is None:
-                raise ValueError("give n, a starting noise, or an image")
+                raise ValueError("give n, a starting noise, an image, or a batch of conditions (cond={'image': (n, c, H, W)})")
             if self.data_shape is None:
                 raise ValueError("unknown data shape: pass data_shape= to DiffusionModule")
             shape = (n, *self.data_shape)

@@ -95,6 +95,9 @@ CASES = [
     ("train", ["ckpt_path={garbage}"], "garbage.ckpt"),
     ("train", ["ckpt_path={empty}"], "empty.ckpt"),
     ("train", ["ckpt_path={state_dict}"], "state_dict.pt"),
+    ("train", ["callbacks=[default,class_accuracy]"], "unconditional (conditioning=none)"),
+    ("train", ["experiment=toy2d", "data.dataset=8gaussians", "conditioning=class", "callbacks=[default,class_accuracy]"],
+     "needs data=digits"),
     # --- the sample command ---
     ("sample", [], "ckpt"),
     ("sample", ["ckpt=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
@@ -122,6 +125,8 @@ CASES = [
     ("evaluate", ["ckpt={good}", "bogus=1"], "bogus"),
     ("evaluate", ["ckpt={good}", "split=test"], "test"),
     ("evaluate", ["metric=bpd"], "ckpt"),
+    ("evaluate", ["ckpt={good}", "guidance=3"], "guidance=3"),
+    ("evaluate", ["ckpt={good}", "guidance=-1"], "-1"),
 ]
 
 

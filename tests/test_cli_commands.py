@@ -97,7 +97,7 @@ def test_sampler_option_without_a_preset_overrides_the_checkpoints_sampler(ckpt,
     "module, texts",
     [
         ("sample", ["sampler.KEY", "batch_size", "ddim, ddpm", "num_steps: null", "steps= eta="]),
-        ("evaluate", ["metric=[fid,kid]", "kid_subset_size", "cifar10, digits", "cache_dir", "result.json"]),
+        ("evaluate", ["metric=[fid,kid]", "kid_subset_size", "cifar10, digits", "cache_dir", "result.json", "guidance=3"]),
     ],
 )
 def test_help_lists_the_options(module, texts):

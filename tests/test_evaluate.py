@@ -54,6 +54,18 @@ def ckpt(tmp_path_factory):
     return out / "checkpoints" / "last.ckpt"
 
 
+@pytest.fixture(scope="module")
+def cond_ckpt(tmp_path_factory):
+    """A checkpoint of a tiny class-conditional digits run (condition dropout 0.1)."""
+    out = tmp_path_factory.mktemp("cond_run")
+    cfg = compose_train(["trainer.accelerator=cpu", "logger=none", *TINY, "conditioning=class", "~callbacks.sample_grid",
+                         "~callbacks.progress_bar", "trainer.enable_progress_bar=false"], out)
+    torch.manual_seed(0)
+    dm, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=dm)
+    return out / "checkpoints" / "last.ckpt"
+
+
 def _run(*args: str, **kw) -> dict:
     return main([*args, "progress=false", *[f"{k}={v}" for k, v in kw.items()]])
 
@@ -103,6 +115,55 @@ def test_checkpoint_fid_and_bits_per_dim(ckpt, tmp_path):
     assert bpd["metric"] == ["bpd"] and math.isfinite(bpd["bpd"]) and bpd["bpd"] > 0
     assert bpd["split"] == "val" and bpd["num_images"] == 8 and bpd["exact"] is False
     assert len(json.loads(out.read_text())["terms_bpd"]) == 3
+
+
+def _digit_fid(samples: torch.Tensor, reference: torch.Tensor) -> float:
+    """FID in digit features from plain numpy statistics (np.cov), not the package's FeatureStats."""
+    from ddpm_lightning.metrics import DigitFeatures, frechet_distance
+
+    net = DigitFeatures()
+    a, b = (net(x).double().numpy() for x in (samples, reference))
+    return frechet_distance(b.mean(0), np.cov(b, rowvar=False), a.mean(0), np.cov(a, rowvar=False), method="eigh")
+
+
+def test_class_conditional_checkpoint_is_scored_class_balanced_at_the_guidance_asked_for(cond_ckpt, npz, tmp_path):
+    from ddpm_lightning.checkpoint_file import load_module
+    from ddpm_lightning.metrics import load_reference_images
+    from ddpm_lightning.noise import fixed_noise, sample_generators
+
+    common = (f"ckpt={cond_ckpt}", "n=70", "sampler=ddim", "steps=2", f"ref={npz / 'b.npz'}", "feature=digits",
+              "batch_size=35", "small_sample=warn")
+    out = tmp_path / "guided.json"
+    guided = _run(*common, "guidance=2", f"out={out}")
+    record = json.loads(out.read_text())["samples"]
+    assert record["guidance_scale"] == 2.0 and record["guidance_from"] == "guidance="
+    assert record["class_balanced"] is True and record["num_classes"] == 10
+    assert record["labels"] == "class-balanced (sample i: class i mod K)"
+    plain = _run(*common)
+    assert plain["samples"]["guidance_scale"] == 1.0 and "checkpoint" in plain["samples"]["guidance_from"]
+    # independently: the same samples drawn from Python (labels i mod 10 given explicitly)
+    module = load_module(cond_ckpt, "cpu")
+    reference = load_reference_images(npz / "b.npz")
+    for w, result in ((2.0, guided), (1.0, plain)):
+        x = module.sample(noise=fixed_noise(range(70), module.data_shape, 0), generator=sample_generators(range(70), 0),
+                          cond={"class": torch.arange(70) % 10}, guidance_scale=w, sampler={"name": "ddim", "num_steps": 2}).samples
+        assert result["fid"] == pytest.approx(_digit_fid(x, reference), rel=1e-4)
+    assert guided["fid"] != pytest.approx(plain["fid"], rel=1e-3)  # the guidance reached the sampler
+
+
+def test_guidance_is_refused_in_one_line_before_any_work(npz, ckpt, cond_ckpt, tmp_path):
+    cases = [
+        ([f"ckpt={ckpt}", "guidance=3"], r"guidance=3 needs a conditional model.*unconditional"),
+        ([f"ckpt={ckpt}", "guidance=1"], r"guidance=1 needs a conditional model"),
+        # checked before the checkpoint is even read
+        ([f"ckpt={tmp_path / 'missing.ckpt'}", "guidance=-1"], r"guidance scale must be a number >= 0.*-1"),
+        ([f"samples={npz / 'a.npz'}", f"ref={npz / 'b.npz'}", "guidance=2"], "applies to samples generated from ckpt="),
+        (["metric=bpd", f"ckpt={cond_ckpt}", "guidance=2"], "guidance= do not apply"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match) as err:
+            _run(*args)
+        assert "\n" not in str(err.value)
 
 
 # ---- bad input: one clear error -------------------------------------------------------------

@@ -155,6 +155,21 @@ def test_module_trains_and_samples_with_each_task(task):
     assert m.sample(2, cond={"image": cond[0]}, seed=0).samples.shape == (2, *shape)
 
 
+def test_sample_takes_n_from_the_batch_of_conditions():
+    m = _module("inpainting")
+    cond = m.conditioning.condition_for(_images(3), torch.Generator().manual_seed(0))  # (3, 2, 16, 16)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    without_n = m.sample(cond={"image": cond}, generator=g()).samples
+    assert without_n.shape == (3, 1, 16, 16)
+    torch.testing.assert_close(without_n, m.sample(3, cond={"image": cond}, generator=g()).samples)
+    assert m.sample(cond={"image": cond[0]}, generator=g()).samples.shape == (1, 1, 16, 16)  # one (c, H, W): one sample
+    with pytest.raises(ValueError, match="3 conditioning images for 2 samples.*leave n out") as err:
+        m.sample(2, cond={"image": cond})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="give n, a starting noise, an image, or a batch of conditions"):
+        m.sample()
+
+
 def test_super_resolution_takes_the_low_resolution_image_too():
     m = _module("super_resolution")
     low = _images(2, (1, 4, 4))
@@ -307,3 +322,33 @@ def test_colorization_on_grey_data_is_refused_before_training(make_cfg):
     with pytest.raises(ValueError, match="RGB data"):
         build(cfg)
 
+
+
+def test_fid_callback_restores_the_validation_images(make_cfg):
+    """FID of an image-conditioned model: sample i is conditioned on validation image i mod V's
+    condition: the same samples as restoring those images (metrics.restoration), not those of
+    other conditions. (Before, the callback drew without a condition and failed.)"""
+    from ddpm_lightning.callbacks import FID
+    from ddpm_lightning.metrics.restoration import restore
+
+    tiny = [o for o in TINY if not o.startswith("callbacks.sample_grid")]
+    cfg = make_cfg(*tiny, "conditioning=image", "callbacks=[fid]", "callbacks.fid.num_samples=70",
+                   "callbacks.fid.num_real=70", "callbacks.fid.batch_size=40", "callbacks.fid.small_sample=warn",
+                   "callbacks.fid.sampler={name:ddim,num_steps:1}", "callbacks.fid.progress=false",
+                   "data.val_fraction=0.03", "trainer.enable_progress_bar=false")
+    torch.manual_seed(0)
+    dm, model, trainer = build(cfg)
+    trainer.validate(model, datamodule=dm)
+    assert math.isfinite(float(trainer.callback_metrics["val/fid"]))
+    fid = next(cb for cb in trainer.callbacks if isinstance(cb, FID))
+    val = dm.real_samples(len(dm.split_indices("val")), "val")
+    assert len(val) == 54  # fewer validation images than samples: their conditions repeat
+    spec = {"name": "ddim", "num_steps": 1}
+    got = fid.generate(trainer, model, list(range(70)))
+    _, restored = restore(model, val, seed=0, sampler=spec)  # sample j restores validation image j
+    torch.testing.assert_close(got[:54], restored, atol=1e-4, rtol=0)  # other batch sizes: float rounding
+    # samples 54..69: validation images 0..15's condition (4x4 block means, upsampled) with their own noise
+    repeat = fixed_samples(model, range(54, 70), 0, sampler=spec, cond={"image": image_tasks.super_resolution(val[:16], 4)})
+    torch.testing.assert_close(got[54:], repeat.samples, atol=1e-4, rtol=0)
+    other = fixed_samples(model, range(54, 70), 0, sampler=spec, cond={"image": image_tasks.super_resolution(val[16:32], 4)})
+    assert (got[54:] - other.samples).abs().amax(dim=(1, 2, 3)).min() > 0.05

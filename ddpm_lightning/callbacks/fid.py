@@ -23,6 +23,11 @@ count, and the same as the sample and evaluate commands draw. The feature networ
 metrics live in this callback, never in the LightningModule, so their weights stay out of
 checkpoints.
 
+A class-conditional model draws sample i with class i mod K (class-balanced, at the model's
+`conditioning.guidance_scale`); an image-conditioned model restores the validation images: sample
+i is conditioned on the condition of validation image i mod V (V = min(num_samples, the
+validation size), `image_conditions`), against the real statistics of `real_split` as usual.
+
 Under DDP each rank generates samples r::world of the fixed noise (no duplicates, no padding),
 updates its metric with its own features, and every rank calls `compute()`, which sums the
 feature statistics over ranks. The real statistics are held by rank 0 only
@@ -153,6 +158,7 @@ class FID(Callback):
         self.kid_metric: KernelInceptionDistance | None = None
         self._real_ready = False
         self._checked = False
+        self._image_conditions: torch.Tensor | None = None  # an image-conditioned model's, see image_conditions()
         self.real_stats_from_cache: bool | None = None  # for tests and logs: the last run's source
         self.num_real_computed = 0  # real-statistics cache misses in this process
 
@@ -255,8 +261,7 @@ class FID(Callback):
         bar = tqdm(batches, desc=f"FID: sampling + {self.feature_used} features", leave=False,
                    disable=not self.progress or rank != 0)
         for idx in bar:
-            samples = fixed_samples(pl_module, idx, self.seed, sampler=self.sampler).samples
-            f = self.features(samples)  # (B, D); the samples are dropped after this batch
+            f = self.features(self.generate(trainer, pl_module, idx))  # (B, D); the samples are dropped after this batch
             self.fid.update(f, real=False)
             if self.kid_metric is not None:
                 self.kid_metric.update(f, real=False)
@@ -273,6 +278,29 @@ class FID(Callback):
             f"{self.feature_used} features, {time.perf_counter() - start:.0f} s)"
         )
         return {k: v.detach().float().to(device) for k, v in results.items()}
+
+    def generate(self, trainer: L.Trainer, pl_module: L.LightningModule, indices: list[int]) -> torch.Tensor:
+        """Samples `indices` of the fixed noise. A class-conditional model gives sample i class
+        i mod K (`fixed_samples`); an image-conditioned one conditions sample i on the validation
+        image i mod V's condition (`image_conditions`)."""
+        cond = None
+        if getattr(pl_module.conditioning, "type", None) == "image":
+            images = self.image_conditions(trainer, pl_module)
+            cond = {"image": images[[i % len(images) for i in indices]].to(pl_module.device)}
+        return fixed_samples(pl_module, indices, self.seed, sampler=self.sampler, cond=cond).samples
+
+    def image_conditions(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+        """The conditions (V, c, H, W) of the first V = min(num_samples, validation size)
+        validation images, built as training builds them (`metrics.restoration.conditions`,
+        inpainting masks seeded with `seed`), once per run: FID then measures restorations of
+        held-out images. The validation set may be smaller than num_samples: its conditions repeat."""
+        if self._image_conditions is None:
+            from ddpm_lightning.metrics.restoration import conditions
+
+            dm = trainer.datamodule
+            v = min(self.num_samples, len(dm.split_indices("val")))
+            self._image_conditions = conditions(pl_module, dm.real_samples(v, "val"), self.seed).cpu()
+        return self._image_conditions
 
     # ---- the real statistics -------------------------------------------------------------
     def cache_key(self, datamodule: Any) -> str:

@@ -88,6 +88,11 @@ class Conditioning:
             )
         return None
 
+    def batch_of(self, cond: Any) -> int | None:
+        """The number of samples a user's cond asks for by itself (a batch of condition images,
+        a list of labels), so that `sample(cond=...)` needs no n; None where it does not say."""
+        return None
+
     def balanced(self, indices: Any, device: Any = "cpu") -> Cond:
         """The cond of samples `indices` (or a count n) covering the conditions evenly (grids,
         FID), sample i's depending on i only; None where there is nothing to draw (unconditional,

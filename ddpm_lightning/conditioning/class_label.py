@@ -87,6 +87,13 @@ class ClassConditioning(Conditioning):
             raise ValueError(f"class {int(bad[0])} is outside [0, {self.num_classes}): this model has {self.num_classes} classes")
         return {**cond, KEY: labels.to(device)}
 
+    def batch_of(self, cond: Any) -> int | None:
+        """n of a list (or 1-D tensor) of labels; None for one label or "all" (they need n)."""
+        if not isinstance(cond, Mapping) or isinstance(cond.get(KEY), str) or cond.get(KEY) is None:
+            return None
+        labels = torch.as_tensor(cond[KEY])
+        return labels.numel() if labels.ndim == 1 else None
+
     def balanced(self, indices: Any, device: Any = "cpu") -> Cond:
         """Sample i gets class i mod K: any K consecutive samples cover every class once, so FID's
         draw is class-balanced, and the labels of sample i do not depend on the batch it is in

@@ -117,6 +117,13 @@ class ImageConditioning(Conditioning):
             raise ValueError(f"conditioning data_shape {list(self.data_shape)} differs from the data's {list(data_shape)}")
 
     # ---- sampling ------------------------------------------------------------------------------
+    def batch_of(self, cond: Any) -> int | None:
+        """n of a batch of condition images (n, c, H, W); one image (c, H, W) is one sample."""
+        if not isinstance(cond, Mapping) or not isinstance(cond.get(KEY), torch.Tensor):
+            return None
+        image = cond[KEY]
+        return len(image) if image.ndim == 4 else 1 if image.ndim == 3 else None
+
     def prepare(self, cond: Any, n: int, device: Any = "cpu") -> Cond:
         """`{"image": tensor}` -> (n, c, H, W) on `device`: the condition itself ((c, H, W), or
         (1 or n, c, H, W)), or for super-resolution also the low-resolution image (C, H/factor,
@@ -137,7 +144,8 @@ class ImageConditioning(Conditioning):
             also = f" (or the low-resolution ({c}, {low[0]}, {low[1]}))" if self.task == "super_resolution" else ""
             raise ValueError(f"the conditioning image has shape {tuple(image.shape[1:])} but this model takes ({c}, {h}, {w}){also}")
         if len(image) not in (1, n):
-            raise ValueError(f"{len(image)} conditioning images for {n} samples: give one, or one per sample")
+            raise ValueError(f"{len(image)} conditioning images for {n} samples: give one, or one per sample "
+                             f"(or leave n out: it is taken from the images' batch)")
         return {**cond, KEY: image.to(device=device, dtype=torch.float32).expand(n, -1, -1, -1)}
 
     # ---- persistence ---------------------------------------------------------------------------
