@@ -76,6 +76,7 @@ CASES = [
     ("train", ["loss.type=foo"], "foo"),
     ("train", ["loss.weighting=bar"], "bar"),
     ("train", ["loss.min_snr_gamma=0"], "min_snr_gamma"),
+    ("train", ["parameterization=mu", "loss=min_snr"], "loss.weighting=min_snr"),
     ("train", ["loss=hybrid"], "hybrid"),
     ("train", ["variance=learned_range", "loss=mse"], "learned_range"),
     ("train", ["schedule.num_timesteps=0"], "num_timesteps"),

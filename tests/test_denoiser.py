@@ -1,6 +1,7 @@
 """The Denoiser (network + parameterization), continuous time, the sampler/denoiser interface,
 the loss group, and checkpoints written before the redesign."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +184,13 @@ def test_a_checkpoint_written_before_the_redesign_loads_and_samples_identically(
     noise = expected["noise"]
     # its hyperparameters used `schedule:` and loss_type / loss_weighting / min_snr_gamma
     assert module.process.config["name"] == "cosine" and module.loss_fn.weighting == "min_snr"
-    assert torch.equal(module.sample(noise=noise, sampler="ddim", num_steps=10).samples, expected["ddim"])
+    # bit-identical on the CPU that wrote the fixture (an AMD EPYC); other CPU models' float32
+    # kernels round differently: measured 1.2e-7 at most on an Intel Xeon. A wrong conversion of
+    # the old hyperparameters (schedule, weighting, sampler) moves the samples far more than 1e-6.
+    same = functools.partial(torch.testing.assert_close, rtol=0, atol=1e-6)
+    same(module.sample(noise=noise, sampler="ddim", num_steps=10).samples, expected["ddim"])
     ddpm = module.sample(noise=noise, sampler={"name": "ddpm", "num_steps": 10, "spacing": "leading"},
                          generator=torch.Generator().manual_seed(2)).samples
-    assert torch.equal(ddpm, expected["ddpm"])
-    assert torch.equal(module.sample(noise=noise, sampler="dpmpp_2m", num_steps=8).samples, expected["dpmpp_2m"])
-    assert torch.equal(module.sample(noise=noise).samples, expected["default"])
+    same(ddpm, expected["ddpm"])
+    same(module.sample(noise=noise, sampler="dpmpp_2m", num_steps=8).samples, expected["dpmpp_2m"])
+    same(module.sample(noise=noise).samples, expected["default"])

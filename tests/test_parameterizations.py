@@ -54,6 +54,25 @@ def test_x0_error_scale_is_the_jacobian(name):
     torch.testing.assert_close(k**2, param.x0_error_scale2(p, t, x_t.shape), rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parametrize("weighting", ["snr", "snr_plus_one", "min_snr"])
+def test_mu_refuses_x0_space_weightings_in_one_line(weighting):
+    """They diverge (or train poorly) for mu: measured in losses.py's comment. Why, in numbers:
+    min_snr's weight on mu's error is 1e4 times epsilon's largest at large t."""
+    from ddpm_lightning.module import DiffusionModule
+    from ddpm_lightning.networks import MLPDenoiser
+
+    net = MLPDenoiser(2, hidden=16)
+    with pytest.raises(ValueError, match=rf"^loss.weighting={weighting} does not train parameterization=mu .*loss.weighting=none"):
+        DiffusionModule(net, parameterization="mu", loss={"weighting": weighting}, data_shape=(2,))
+    DiffusionModule(net, parameterization="mu", data_shape=(2,))  # weighting none: fine
+    DiffusionModule(net, parameterization="v", loss={"weighting": weighting}, data_shape=(2,))
+    p = DiffusionProcess("linear", 1000, dtype=torch.float64)
+    t = torch.arange(1000)
+    mu_w = loss_weight(p, get_parameterization("mu"), t, "min_snr")
+    eps_w = loss_weight(p, get_parameterization("epsilon"), t, "min_snr")
+    assert eps_w.max() <= 1 and mu_w.max() > 1e4
+
+
 def test_weightings_mean_the_same_objective_in_every_parameterization():
     """With weighting min_snr, the weighted MSE of an x0 error is the same whatever is predicted."""
     p = DiffusionProcess("cosine", 1000, dtype=torch.float64)
