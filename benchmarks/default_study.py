@@ -37,6 +37,8 @@ ROWS: dict[str, list[str]] = {
     "cosine": ["schedule=cosine"],                              # Nichol & Dhariwal 2021
     "v": ["parameterization=v"],                                # Salimans & Ho 2022
     "cosine_v": ["schedule=cosine", "parameterization=v"],
+    "baseline_seed1": ["seed=1"],                               # the seed's spread, for the two leading rows
+    "cosine_v_seed1": ["schedule=cosine", "parameterization=v", "seed=1"],
     "min_snr": ["loss=min_snr"],                                # Hang et al. 2023, gamma 5
     "v_min_snr": ["parameterization=v", "loss=min_snr"],
     "lr1e-3": ["optimizer.lr=1e-3"],
