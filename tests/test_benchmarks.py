@@ -79,10 +79,11 @@ def test_sampler_quality_smoke_writes_the_table_and_the_plot(tmp_path):
 
 def test_default_study_smoke_scores_each_row_against_the_floor(tmp_path):
     out = tmp_path / "study.json"
-    proc = run_script("default_study.py", "--smoke", "--rows", "baseline,v", "--results-json", str(out), timeout=300)
+    proc = run_script("default_study.py", "--smoke", "--rows", "baseline,linear_epsilon", "--results-json", str(out), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert list(results) == ["baseline", "v"] and results["v"]["overrides"] == ["parameterization=v"]
+    assert list(results) == ["baseline", "linear_epsilon"]
+    assert results["linear_epsilon"]["overrides"] == ["schedule=linear", "parameterization=epsilon"]
     for r in results.values():
         # the floor is a real-vs-real distance (> 0), the shares a distribution over the ten classes
         assert r["floor"] > 0 and abs(r["fid_ratio"] - r["fid"] / r["floor"]) < 1e-9
