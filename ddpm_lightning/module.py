@@ -117,7 +117,9 @@ class DiffusionModule(SafeLoading, L.LightningModule):
         legacy = {"type": loss_type, "weighting": loss_weighting, "min_snr_gamma": min_snr_gamma}
         loss_fn = DiffusionLoss.from_spec(_plain(loss), **{k: v for k, v in legacy.items() if v is not None})
         factor = output_channels_factor(variance)
-        loss_fn.check(variance, data_shape, parameterization if isinstance(parameterization, str) else parameterization.name)
+        if isinstance(parameterization, Parameterization):
+            parameterization = parameterization.name
+        loss_fn.check(variance, data_shape, parameterization)
         cond = build_conditioning(_plain(conditioning))
         if isinstance(network, Mapping) and data_shape is not None:
             # null channels / sizes from the data, class-embedding rows from the conditioning
@@ -127,8 +129,6 @@ class DiffusionModule(SafeLoading, L.LightningModule):
             process = schedule
         else:
             process = DiffusionProcess(**(schedule or {"name": "linear", "num_timesteps": 1000}))
-        if isinstance(parameterization, Parameterization):
-            parameterization = parameterization.name
         # Objects are not hyperparameters: store what rebuilds them (config dicts), or nothing.
         hparams = {
             "schedule": dict(process.config),

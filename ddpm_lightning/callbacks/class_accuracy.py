@@ -30,6 +30,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from ddpm_lightning.callbacks.fid import positive_int
 from ddpm_lightning.guidance import check_guidance
 from ddpm_lightning.metrics.class_accuracy import (
     check_class_model,
@@ -43,9 +44,7 @@ KEY = "val/class_accuracy"
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"callbacks.class_accuracy.{name} must be an integer >= 1, got {value!r}")
-    return value
+    return positive_int(f"callbacks.class_accuracy.{name}", value)
 
 
 class ClassAccuracy(Callback):

@@ -81,7 +81,8 @@ def _one_tensor_per_list(metric: KernelInceptionDistance, dim: int, device) -> N
         setattr(metric, name, [torch.cat(items) if items else torch.zeros(0, dim, device=device)])
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+def positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """`value` if it is an integer >= minimum (not a bool), else one line naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -129,12 +130,12 @@ class FID(Callback):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        self.every_n_steps = _positive_int("every_n_steps", every_n_steps)
-        self.num_samples = _positive_int("num_samples", num_samples, minimum=2)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.num_real = _positive_int("num_real", num_real, minimum=2) if num_real is not None else num_samples
-        self.kid_subset_size = _positive_int("kid_subset_size", kid_subset_size)
-        self.kid_subsets = _positive_int("kid_subsets", kid_subsets)
+        self.every_n_steps = positive_int("every_n_steps", every_n_steps)
+        self.num_samples = positive_int("num_samples", num_samples, minimum=2)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.num_real = positive_int("num_real", num_real, minimum=2) if num_real is not None else num_samples
+        self.kid_subset_size = positive_int("kid_subset_size", kid_subset_size)
+        self.kid_subsets = positive_int("kid_subsets", kid_subsets)
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
         if real_split not in SPLITS:
