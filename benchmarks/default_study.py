@@ -4,6 +4,13 @@ within the default run's budget (10 minutes on 2 CPU cores).
     python benchmarks/default_study.py                       # every row: ~9 min each on 2 idle cores
     python benchmarks/default_study.py --rows baseline,linear_epsilon
     python benchmarks/default_study.py --smoke               # CI: 4 steps of a tiny UNet per row
+    python benchmarks/default_study.py --rows baseline --curve 500,1000,2000,4000   # a learning curve
+
+`--curve S1,S2,...` trains each row once to the largest step, keeps the checkpoint of every
+validation (`save_top_k=-1`) and scores the ones at the steps named: the warm-up-then-constant
+learning rate and the EMA's warm-up do not depend on `max_steps`, so the step-S checkpoint of a
+longer run is the S-step run's `last.ckpt` (same weights, same EMA). With the idle machine's
+seconds per step of each row, a curve turns quality at equal steps into quality at equal wall time.
 
 Each row is one full run of `python train.py <overrides> logger=none` (2,000 steps unless the row
 changes it), the same seed; its wall time is measured; then 500 DDIM-50 samples from the EMA
@@ -63,21 +70,37 @@ ROWS: dict[str, list[str]] = {
 }
 
 
-def one_run(name: str, overrides: list[str], smoke: bool, samples: int, tmp: Path) -> tuple[float, dict]:
+def _score(ckpt: Path, smoke: bool, samples: int) -> dict:
+    import torch
+
     from ddpm_lightning.checkpoint_file import load_module
 
+    q = digits_quality(load_module(ckpt, "cpu"), n=samples, num_steps=2 if smoke else 50)
+    q["steps"] = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    return q
+
+
+def one_run(name: str, overrides: list[str], smoke: bool, samples: int, tmp: Path,
+            curve: list[int] | None = None) -> tuple[float, dict]:
     out = tmp / name
     args = ["logger=none", f"hydra.run.dir={out}", *overrides, *(SMOKE if smoke else [])]
+    if curve:  # every validation's checkpoint kept; validations fall on the curve's steps
+        args += [f"trainer.max_steps={max(curve)}", "callbacks.model_checkpoint.save_top_k=-1"]
     env = {**os.environ, "WANDB_MODE": "offline"}
+    start_wall = time.time()
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
-    module = load_module(out / "checkpoints" / "last.ckpt", "cpu")
-    q = digits_quality(module, n=samples, num_steps=2 if smoke else 50)
-    import torch
-
-    q["steps"] = int(torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    q = _score(out / "checkpoints" / "last.ckpt", smoke, samples)
+    if curve:
+        q["curve"] = {}
+        for step in curve:
+            ckpt = out / "checkpoints" / f"best-step{step}.ckpt"
+            if not ckpt.exists():
+                raise SystemExit(f"error: no checkpoint at step {step} (validations are every trainer.val_check_interval "
+                                 f"steps; have {sorted(c.name for c in ckpt.parent.glob('*.ckpt'))})")
+            q["curve"][step] = {**_score(ckpt, smoke, samples), "wall_s": ckpt.stat().st_mtime - start_wall}
     return wall, q
 
 
@@ -86,11 +109,14 @@ def run(args) -> list[Row]:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose from {list(ROWS)} or all")
+    interval = 2 if args.smoke else 500  # trainer.val_check_interval of SMOKE / conf/trainer/default.yaml
+    if args.curve and any(step % interval for step in args.curve):
+        raise SystemExit(f"error: --curve {args.curve}: every step must be a multiple of the validation interval, {interval}")
     samples = 16 if args.smoke else args.samples
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            wall, q = one_run(name, ROWS[name], args.smoke, samples, Path(tmp))
+            wall, q = one_run(name, ROWS[name], args.smoke, samples, Path(tmp), args.curve)
             results[name] = {"overrides": ROWS[name], "wall_s": wall, **q}
             rows.append(Row("default-run study", f"{name}: {' '.join(ROWS[name]) or '(defaults)'}", q["fid_ratio"], 1.3,
                             "FID/floor", q["fid_ratio"] / 1.3, "<= 1.00", note=f"{wall:.0f} s; {quality_note(q)}"))
@@ -103,6 +129,15 @@ def add_args(p) -> None:
     p.add_argument("--rows", default="all", help=f"comma-separated rows of {list(ROWS)}, or all")
     p.add_argument("--samples", type=int, default=500, help="samples scored per row")
     p.add_argument("--results-json", default=None, help="write every row's figures here as they come")
+    p.add_argument("--curve", type=_steps, default=None,
+                   help="comma-separated steps, multiples of trainer.val_check_interval (500): score each row there too")
+
+
+def _steps(text: str) -> list[int]:
+    steps = [int(s) for s in text.split(",")]
+    if not steps or min(steps) <= 0:
+        raise ValueError(text)
+    return sorted(set(steps))
 
 
 def main(argv=None) -> list[Row]:
