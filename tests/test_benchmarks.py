@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 EXPECTED = {
@@ -90,6 +92,33 @@ def test_default_study_smoke_scores_each_row_against_the_floor(tmp_path):
         assert abs(sum(r["class_shares"]) - 1) < 1e-3 and 0 <= r["class_entropy"] <= 1
         assert 0 <= r["confident"] <= 1 and r["real_confident"] > 0.5 and r["steps"] == 4
     bad = run_script("default_study.py", "--smoke", "--rows", "baseline,nope")
+    assert bad.returncode != 0 and "unknown rows ['nope']" in bad.stderr
+
+
+def test_default_study_curve_scores_the_checkpoint_at_each_step(tmp_path):
+    out = tmp_path / "curve.json"
+    proc = run_script("default_study.py", "--smoke", "--rows", "baseline", "--curve", "2,4", "--results-json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    curve = json.loads(out.read_text())["baseline"]["curve"]
+    assert list(curve) == ["2", "4"] and [c["steps"] for c in curve.values()] == [2, 4]
+    assert 0 < curve["2"]["wall_s"] <= curve["4"]["wall_s"]
+    # the last point is last.ckpt's weights: the same samples, the same scores
+    assert curve["4"]["fid"] == pytest.approx(json.loads(out.read_text())["baseline"]["fid"], rel=1e-6)
+    bad = run_script("default_study.py", "--smoke", "--rows", "baseline", "--curve", "3")
+    assert bad.returncode != 0 and "multiple of the validation interval, 2" in bad.stderr
+
+
+def test_step_cost_smoke_reports_seconds_per_step_and_per_validation(tmp_path):
+    out = tmp_path / "cost.json"
+    proc = run_script("step_cost.py", "--smoke", "--rows", "baseline,no_attention,validation_no_strips", "--json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"].split(":")[0] for r in rows] == ["baseline", "no_attention", "validation_no_strips"]
+    assert [r["unit"] for r in rows] == ["s/step", "s/step", "s"]
+    # the training rows are relative to the baseline's seconds per step (timings meaningless at smoke size)
+    assert rows[0]["ratio"] == 1.0 and rows[1]["reference"] == rows[0]["ours"]
+    assert "4 validations in 8 steps" in rows[2]["note"]
+    bad = run_script("step_cost.py", "--smoke", "--rows", "baseline,nope")
     assert bad.returncode != 0 and "unknown rows ['nope']" in bad.stderr
 
 
