@@ -1,7 +1,7 @@
 """Seconds per training step of the default run and its variants on this machine (issue #16:
 what buys more steps in the default run's 10 minutes on 2 CPU cores).
 
-    python benchmarks/step_cost.py                       # every row, ~15 min on an idle machine
+    python benchmarks/step_cost.py                       # the rows of ALL, ~20 min on an idle machine
     python benchmarks/step_cost.py --rows baseline,compile
     python benchmarks/step_cost.py --smoke               # CI: a tiny UNet, a few steps
 
@@ -32,20 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_VALIDATION = ["trainer.limit_val_batches=0", "~callbacks.progress_bar"]
 VALIDATION_EVERY = 100
 
-# name -> (overrides, environment); training rows reuse the study's overrides where they exist
-TRAINING: dict[str, tuple[list[str], dict[str, str]]] = {
-    "baseline": ([], {}),
+# name -> (overrides, environment): any row of the study (default_study.ROWS), and these
+ENVIRONMENT_ROWS: dict[str, tuple[list[str], dict[str, str]]] = {
     "threads1": ([], {"OMP_NUM_THREADS": "1"}),   # one torch thread instead of one per core
-    "channels_last": (ROWS["channels_last"], {}),
-    "no_attention": (ROWS["no_attention"], {}),
-    "batch128": (["data.batch_size=128"], {}),
     "compile": (["compile=true"], {}),             # inductor's CPU backend
 }
+TRAINING: dict[str, tuple[list[str], dict[str, str]]] = {**{n: (o, {}) for n, o in ROWS.items()}, **ENVIRONMENT_ROWS}
 VALIDATION: dict[str, list[str]] = {
     "validation": [],                               # the default grids: DDPM-100, 64 samples, both strips
     "validation_ddim25": ["callbacks.sample_grid.sampler={name:ddim,num_steps:25,eta:0.0}"],
     "validation_no_strips": ["callbacks.sample_grid.trajectory_samples=0", "callbacks.sample_grid.forward_samples=0"],
 }
+# `--rows all`: the rows that change the cost of a step or of a validation
+ALL = ["baseline", "threads1", "channels_last", "no_attention", "batch128", "no_attention_batch32", "compile", *VALIDATION]
 
 
 def _wall(overrides: list[str], env: dict[str, str], smoke: bool, tmp: Path) -> float:
@@ -58,10 +57,10 @@ def _wall(overrides: list[str], env: dict[str, str], smoke: bool, tmp: Path) -> 
 
 
 def run(args) -> list[Row]:
-    names = list(TRAINING) + list(VALIDATION) if args.rows == "all" else args.rows.split(",")
+    names = ALL if args.rows == "all" else args.rows.split(",")
     unknown = [n for n in names if n not in TRAINING and n not in VALIDATION]
     if unknown:
-        raise SystemExit(f"error: unknown rows {unknown}; choose from {list(TRAINING) + list(VALIDATION)} or all")
+        raise SystemExit(f"error: unknown rows {unknown}; choose from {list(TRAINING) + list(VALIDATION)} or all ({ALL})")
     n1, n2 = (4, 8) if args.smoke else (args.steps // 7, args.steps)
     every = 2 if args.smoke else VALIDATION_EVERY
     rows, walls = [], {}  # name -> (wall to n1 steps, wall to n2 steps)
@@ -97,7 +96,7 @@ def run(args) -> list[Row]:
 
 
 def add_args(p) -> None:
-    p.add_argument("--rows", default="all", help=f"comma-separated rows of {list(TRAINING) + list(VALIDATION)}, or all")
+    p.add_argument("--rows", default="all", help=f"comma-separated rows of {list(TRAINING) + list(VALIDATION)}, or all ({ALL})")
     p.add_argument("--steps", type=int, default=350, help="N2; N1 is N2 // 7")
 
 
