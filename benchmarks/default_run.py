@@ -2,6 +2,7 @@
 
     python benchmarks/default_run.py                 # the real thing: ~9 min on 2 CPU cores
     python benchmarks/default_run.py --smoke         # CI: 4 steps of a tiny UNet
+    python benchmarks/default_run.py --keep runs/default   # keep the run's folder (grids, checkpoints)
 
 Runs `python train.py logger=none` in a fresh process (W&B is the one thing left out: its
 offline writer is not part of training) and reports the wall time against the 10-minute budget
@@ -13,6 +14,7 @@ digits, class entropy (issue #16). The machine should be otherwise idle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
@@ -33,7 +35,12 @@ SMOKE = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size
 
 
 def run(args) -> list[Row]:
-    with tempfile.TemporaryDirectory() as out:
+    if args.keep is not None:
+        if args.keep.exists() and (not args.keep.is_dir() or any(args.keep.iterdir())):
+            raise SystemExit(f"error: --keep {args.keep} is a file or holds files; name a new or empty folder")
+        args.keep = args.keep.resolve()
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep is not None else tempfile.TemporaryDirectory()) as out:
         accelerator = "gpu" if args.device == "cuda" else "cpu"
         overrides = ["logger=none", f"hydra.run.dir={out}", f"host_malloc={args.host_malloc}",
                      f"trainer.accelerator={accelerator}", *(SMOKE if args.smoke else [])]
@@ -62,6 +69,7 @@ def run(args) -> list[Row]:
 
 def add_args(p) -> None:
     p.add_argument("--samples", type=int, default=500, help="samples scored for the quality row")
+    p.add_argument("--keep", type=Path, default=None, help="run in this new (or empty) folder and keep it: the grids and checkpoints")
 
 
 def main(argv=None) -> list[Row]:

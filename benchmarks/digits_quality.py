@@ -11,7 +11,10 @@ For n samples (DDIM, 50 steps, EMA weights, the fixed noise of `noise.fixed_samp
 * `class_shares` / `class_entropy`: the classifier's labels of the samples, and their entropy
   over log 10 (1: all ten classes equally often).
 
-A sibling module of the benchmark scripts (`default_run.py`, `default_study.py`).
+A sibling module of the benchmark scripts (`default_run.py`, `default_study.py`), and a command
+that scores one checkpoint with any sampler (is the sampler what limits a model's score?):
+
+    python benchmarks/digits_quality.py --ckpt outputs/train/<run>/checkpoints/last.ckpt --sampler ddpm --num-steps 100
 """
 
 from __future__ import annotations
@@ -77,3 +80,29 @@ def quality_note(q: dict[str, Any]) -> str:
     return (f"confident {q['confident']:.1%} vs real {q['real_confident']:.1%}; FID {q['fid']:.2f} / floor {q['floor']:.2f}"
             f" = {q['fid_ratio']:.2f}x; class entropy {q['class_entropy']:.3f} (shares {min(q['class_shares']):.1%}"
             f"-{max(q['class_shares']):.1%})")
+
+
+def main(argv=None) -> dict[str, Any]:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description="Quality figures of one digits checkpoint (EMA weights).")
+    p.add_argument("--ckpt", required=True, help="a train.py checkpoint of a digits model")
+    p.add_argument("--sampler", default="ddim", help="a sampler of ddpm_lightning.samplers (default ddim, as the goal is scored)")
+    p.add_argument("--num-steps", type=int, default=50)
+    p.add_argument("--samples", type=int, default=500)
+    args = p.parse_args(argv)
+    from ddpm_lightning.checkpoint_file import load_module
+    from ddpm_lightning.samplers import SAMPLERS
+
+    if args.sampler not in SAMPLERS or args.sampler == "diffusers":
+        raise SystemExit(f"error: --sampler {args.sampler!r}; choose from {[n for n in SAMPLERS if n != 'diffusers']}")
+    spec = {"name": args.sampler, "num_steps": args.num_steps, **({"eta": 0.0} if args.sampler == "ddim" else {})}
+    q = digits_quality(load_module(args.ckpt, "cpu"), n=args.samples, sampler=spec)
+    print(json.dumps({"ckpt": str(args.ckpt), "sampler": spec, **q}))
+    print(quality_note(q))
+    return q
+
+
+if __name__ == "__main__":
+    main()

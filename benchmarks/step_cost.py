@@ -12,19 +12,21 @@ first to N1 with an empty inductor cache (the compile time a fresh `python train
 pays, reported as its own figure), then both timed runs with that cache warm. The validation rows
 run N2 steps validating every `VALIDATION_EVERY` steps with the grids as configured and report
 the cost of one validation (validation loss + sample grid + trajectory and forward strips) over
-the row without validation. The machine must be otherwise idle.
+the row without validation. Each wall time is one run, or the median of `--repeats` runs: single
+runs differ by a few seconds. The machine must be otherwise idle.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import Row, script_main
+from benchlib import Row, finish_args, script_main
 from default_run import SMOKE
 from default_study import ROWS
 
@@ -47,13 +49,17 @@ VALIDATION: dict[str, list[str]] = {
 ALL = ["baseline", "threads1", "channels_last", "no_attention", "batch128", "no_attention_batch32", "compile", *VALIDATION]
 
 
-def _wall(overrides: list[str], env: dict[str, str], smoke: bool, tmp: Path) -> float:
-    out = Path(tempfile.mkdtemp(dir=tmp))
-    args = ["logger=none", f"hydra.run.dir={out}", *(SMOKE if smoke else []), *overrides]
-    start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp, env={**os.environ, "WANDB_MODE": "offline", **env},
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return time.perf_counter() - start
+def _wall(overrides: list[str], env: dict[str, str], smoke: bool, tmp: Path, repeats: int = 1) -> float:
+    """Median wall time of `repeats` fresh `python train.py` runs."""
+    walls = []
+    for _ in range(repeats):
+        out = Path(tempfile.mkdtemp(dir=tmp))
+        args = ["logger=none", f"hydra.run.dir={out}", *(SMOKE if smoke else []), *overrides]
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp, env={**os.environ, "WANDB_MODE": "offline", **env},
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        walls.append(time.perf_counter() - start)
+    return statistics.median(walls)
 
 
 def run(args) -> list[Row]:
@@ -73,8 +79,8 @@ def run(args) -> list[Row]:
             if name == "compile":
                 env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")}
                 cold = _wall([*overrides, *NO_VALIDATION, f"trainer.max_steps={n1}"], env, args.smoke, tmp)
-            w1 = _wall([*overrides, *NO_VALIDATION, f"trainer.max_steps={n1}"], env, args.smoke, tmp)
-            w2 = _wall([*overrides, *NO_VALIDATION, f"trainer.max_steps={n2}"], env, args.smoke, tmp)
+            w1 = _wall([*overrides, *NO_VALIDATION, f"trainer.max_steps={n1}"], env, args.smoke, tmp, args.repeats)
+            w2 = _wall([*overrides, *NO_VALIDATION, f"trainer.max_steps={n2}"], env, args.smoke, tmp, args.repeats)
             walls[name] = (w1, w2)
             if name == "compile":
                 note = f"compiling: {cold - w1:.0f} s more at start-up with an empty inductor cache; "
@@ -88,7 +94,7 @@ def run(args) -> list[Row]:
         for name in [n for n in names if n in VALIDATION]:
             k = n2 // every
             w = _wall([*VALIDATION[name], f"trainer.max_steps={n2}", f"trainer.val_check_interval={every}",
-                       f"callbacks.sample_grid.every_n_steps={every}", "~callbacks.progress_bar"], {}, args.smoke, tmp)
+                       f"callbacks.sample_grid.every_n_steps={every}", "~callbacks.progress_bar"], {}, args.smoke, tmp, args.repeats)
             w_none = walls["baseline"][1]
             rows.append(Row("step cost", f"{name}: one validation {' '.join(VALIDATION[name]) or '(default grids)'}",
                             (w - w_none) / k, None, "s", None, "", note=f"{k} validations in {n2} steps: {w:.0f} s vs {w_none:.0f} s without"))
@@ -101,7 +107,8 @@ def add_args(p) -> None:
 
 
 def main(argv=None) -> list[Row]:
-    return script_main(__doc__, "Step cost", run, argv, add_args=add_args)
+    # one run per figure unless --repeats says more (single runs differ by a few seconds)
+    return script_main(__doc__, "Step cost", run, argv, add_args=add_args, defaults=lambda a: finish_args(a, repeats=1))
 
 
 if __name__ == "__main__":

@@ -122,6 +122,25 @@ def test_step_cost_smoke_reports_seconds_per_step_and_per_validation(tmp_path):
     assert bad.returncode != 0 and "unknown rows ['nope']" in bad.stderr
 
 
+def test_default_run_keeps_its_folder_when_asked_and_never_overwrites_one(tmp_path):
+    keep = tmp_path / "run"
+    proc = run_script("default_run.py", "--smoke", "--keep", str(keep), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (keep / "checkpoints" / "last.ckpt").is_file() and list((keep / "samples").glob("samples_step_*.png"))
+    before = sorted(p.relative_to(keep) for p in keep.rglob("*"))
+    again = run_script("default_run.py", "--smoke", "--keep", str(keep))
+    assert again.returncode != 0 and f"--keep {keep} is a file or holds files" in again.stderr
+    assert sorted(p.relative_to(keep) for p in keep.rglob("*")) == before
+    # the kept checkpoint scored with another sampler than the goal's DDIM-50
+    ckpt = str(keep / "checkpoints" / "last.ckpt")
+    scored = run_script("digits_quality.py", "--ckpt", ckpt, "--sampler", "ddpm", "--num-steps", "2", "--samples", "16")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    record = json.loads(scored.stdout.splitlines()[0])
+    assert record["sampler"] == {"name": "ddpm", "num_steps": 2} and record["n"] == 16 and record["floor"] > 0
+    bad = run_script("digits_quality.py", "--ckpt", ckpt, "--sampler", "nope")
+    assert bad.returncode != 0 and "--sampler 'nope'; choose from ['ddpm', 'ddim'" in bad.stderr
+
+
 def test_class_conditional_smoke_reports_accuracy_at_each_guidance(tmp_path):
     out = tmp_path / "cond.json"
     proc = run_script("class_conditional.py", "--smoke", "--json", str(out), "--grids", str(tmp_path), timeout=300)
