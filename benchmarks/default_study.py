@@ -139,9 +139,14 @@ def add_args(p) -> None:
 
 
 def _steps(text: str) -> list[int]:
-    steps = [int(s) for s in text.split(",")]
+    import argparse
+
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        steps = []
     if not steps or min(steps) <= 0:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated positive steps, e.g. 500,1000,2000")
     return sorted(set(steps))
 
 

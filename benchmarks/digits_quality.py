@@ -92,6 +92,9 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--num-steps", type=int, default=50)
     p.add_argument("--samples", type=int, default=500)
     args = p.parse_args(argv)
+    for name in ("num_steps", "samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be an integer >= 1")
     from ddpm_lightning.checkpoint_file import load_module
     from ddpm_lightning.samplers import SAMPLERS
 

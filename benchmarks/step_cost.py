@@ -67,6 +67,8 @@ def run(args) -> list[Row]:
     unknown = [n for n in names if n not in TRAINING and n not in VALIDATION]
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose from {list(TRAINING) + list(VALIDATION)} or all ({ALL})")
+    if not args.smoke and args.steps < VALIDATION_EVERY:
+        raise SystemExit(f"error: --steps {args.steps}: must be >= {VALIDATION_EVERY} (one validation every {VALIDATION_EVERY} steps)")
     n1, n2 = (4, 8) if args.smoke else (args.steps // 7, args.steps)
     every = 2 if args.smoke else VALIDATION_EVERY
     rows, walls = [], {}  # name -> (wall to n1 steps, wall to n2 steps)

@@ -106,6 +106,8 @@ def test_default_study_curve_scores_the_checkpoint_at_each_step(tmp_path):
     assert curve["4"]["fid"] == pytest.approx(json.loads(out.read_text())["baseline"]["fid"], rel=1e-6)
     bad = run_script("default_study.py", "--smoke", "--rows", "baseline", "--curve", "3")
     assert bad.returncode != 0 and "multiple of the validation interval, 2" in bad.stderr
+    bad = run_script("default_study.py", "--curve", "500,x")
+    assert bad.returncode != 0 and "'500,x': give comma-separated positive steps" in bad.stderr
 
 
 def test_step_cost_smoke_reports_seconds_per_step_and_per_validation(tmp_path):
@@ -120,6 +122,8 @@ def test_step_cost_smoke_reports_seconds_per_step_and_per_validation(tmp_path):
     assert "4 validations in 8 steps" in rows[2]["note"]
     bad = run_script("step_cost.py", "--smoke", "--rows", "baseline,nope")
     assert bad.returncode != 0 and "unknown rows ['nope']" in bad.stderr
+    bad = run_script("step_cost.py", "--steps", "50")
+    assert bad.returncode != 0 and "--steps 50: must be >= 100" in bad.stderr
 
 
 def test_default_run_keeps_its_folder_when_asked_and_never_overwrites_one(tmp_path):
@@ -139,6 +143,8 @@ def test_default_run_keeps_its_folder_when_asked_and_never_overwrites_one(tmp_pa
     assert record["sampler"] == {"name": "ddpm", "num_steps": 2} and record["n"] == 16 and record["floor"] > 0
     bad = run_script("digits_quality.py", "--ckpt", ckpt, "--sampler", "nope")
     assert bad.returncode != 0 and "--sampler 'nope'; choose from ['ddpm', 'ddim'" in bad.stderr
+    bad = run_script("digits_quality.py", "--ckpt", ckpt, "--samples", "0")
+    assert bad.returncode != 0 and "--samples 0: must be an integer >= 1" in bad.stderr
 
 
 def test_class_conditional_smoke_reports_accuracy_at_each_guidance(tmp_path):
