@@ -114,9 +114,12 @@ def run(args) -> list[Row]:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose from {list(ROWS)} or all")
-    interval = 2 if args.smoke else 500  # trainer.val_check_interval of SMOKE / conf/trainer/default.yaml
-    if args.curve and any(step % interval for step in args.curve):
-        raise SystemExit(f"error: --curve {args.curve}: every step must be a multiple of the validation interval, {interval}")
+    if args.curve:  # before any row trains: each row's own validation interval, from its composed config
+        for name in names:
+            interval = _val_interval([*ROWS[name], *(SMOKE if args.smoke else [])])
+            if any(step % interval for step in args.curve):
+                raise SystemExit(f"error: --curve {args.curve}: every step must be a multiple of row {name}'s "
+                                 f"validation interval (trainer.val_check_interval), {interval}")
     samples = 16 if args.smoke else args.samples
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,12 +133,18 @@ def run(args) -> list[Row]:
     return rows
 
 
+def _val_interval(overrides: list[str]) -> int:
+    from ddpm_lightning.cli import compose
+
+    return int(compose("train", overrides).trainer.val_check_interval)
+
+
 def add_args(p) -> None:
     p.add_argument("--rows", default="all", help=f"comma-separated rows of {list(ROWS)}, or all")
     p.add_argument("--samples", type=int, default=500, help="samples scored per row")
     p.add_argument("--results-json", default=None, help="write every row's figures here as they come")
     p.add_argument("--curve", type=_steps, default=None,
-                   help="comma-separated steps, multiples of trainer.val_check_interval (500): score each row there too")
+                   help="comma-separated steps, multiples of trainer.val_check_interval (500 by default): score each row there too")
 
 
 def _steps(text: str) -> list[int]:

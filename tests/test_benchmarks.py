@@ -105,7 +105,10 @@ def test_default_study_curve_scores_the_checkpoint_at_each_step(tmp_path):
     # the last point is last.ckpt's weights: the same samples, the same scores
     assert curve["4"]["fid"] == pytest.approx(json.loads(out.read_text())["baseline"]["fid"], rel=1e-6)
     bad = run_script("default_study.py", "--smoke", "--rows", "baseline", "--curve", "3")
-    assert bad.returncode != 0 and "multiple of the validation interval, 2" in bad.stderr
+    assert bad.returncode != 0 and "multiple of row baseline's validation interval (trainer.val_check_interval), 2" in bad.stderr
+    # the interval is the row's composed config's, not a constant: 500 by default, refused before any row trains
+    bad = run_script("default_study.py", "--rows", "baseline", "--curve", "750")
+    assert bad.returncode != 0 and "validation interval (trainer.val_check_interval), 500" in bad.stderr
     bad = run_script("default_study.py", "--curve", "500,x")
     assert bad.returncode != 0 and "'500,x': give comma-separated positive steps" in bad.stderr
 
