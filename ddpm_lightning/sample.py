@@ -19,6 +19,9 @@ also holds `labels` (N,) int64, the class of each sample.
 
 from __future__ import annotations
 
+import inspect
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from ddpm_lightning.checkpoint_file import load_module
 from ddpm_lightning.cli import compose, job_dir, run_command, sampler_spec
 from ddpm_lightning.host_malloc import set_host_malloc
 from ddpm_lightning.noise import fixed_samples, sample_generators
+from ddpm_lightning.sampling import sample as sample_function
 from ddpm_lightning.visualize import class_grid, image_grid, save_png, scatter, to_uint8
 
 GRID_PER_CLASS = 16  # columns of a class grid at most (class=all n=64 still writes all 640 to the npz)
@@ -217,6 +221,21 @@ def main(argv: list[str]) -> dict[str, Path]:
     """The command from Python: `main(["ckpt=PATH", "n=8", "sampler=ddim"])` -> the written paths."""
     cfg = compose("sample", argv)
     return run(cfg, cfg.out)
+
+
+class _CallsSampleFunction(types.ModuleType):
+    """Importing this module (`from ddpm_lightning.sample import main`) makes Python bind it as the
+    package's attribute `sample`, over the function the package exports under that name
+    (`ddpm_lightning.sampling.sample`). Calling the module calls that function, so
+    `from ddpm_lightning import sample; sample(...)` means one thing whatever was imported first,
+    and `python -m ddpm_lightning.sample` keeps its name."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        return sample_function(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallsSampleFunction
+__signature__ = inspect.signature(sample_function)
 
 
 if __name__ == "__main__":

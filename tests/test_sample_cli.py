@@ -99,3 +99,22 @@ def test_bad_sample_arguments_exit_with_one_clear_line(digits_ckpt, tmp_path, ar
     assert res.returncode == 2, res.stderr[-2000:]
     assert message in res.stderr and res.stderr.strip().count("\n") == 0
     assert not (tmp_path / "samples.npz").exists()
+
+
+def test_package_sample_is_the_sampling_function_after_the_command_module_is_imported():
+    # importing ddpm_lightning.sample (as this file does) binds the module as the package's
+    # `sample`, over the exported function: calling it must still sample, with the same result
+    import inspect
+
+    import ddpm_lightning
+    from ddpm_lightning import DDIMSampler, DiffusionProcess, sampling
+    from ddpm_lightning import sample as exported
+
+    assert isinstance(ddpm_lightning.sample, type(sys)) and exported is ddpm_lightning.sample
+    assert inspect.signature(exported) == inspect.signature(sampling.sample)
+    process = DiffusionProcess("linear", 100)
+    net = lambda x, t: 0.1 * x  # noqa: E731
+    a, b = (f(net, process, "epsilon", DDIMSampler(process), (2, 1, 4, 4), num_steps=5,
+              generator=torch.Generator().manual_seed(3)).samples for f in (exported, sampling.sample))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.abs().sum() > 0
