@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from PIL import Image
@@ -48,19 +48,28 @@ def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
+def _entries(folder: Path | str) -> Iterator[tuple[str, os.DirEntry]]:
+    """The non-hidden entries of `folder`, read lazily: ("folder", entry) for a subfolder (not
+    followed through a symlink, as find_images' rglob does not), ("image", entry) for an image file."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield "folder", entry
+            elif is_image_name(entry.name) and entry.is_file():
+                yield "image", entry
+
+
 def has_image(folder: Path) -> bool:
     """Whether `folder` holds an image (recursively, hidden parts skipped). The listing is read
     lazily and stops at the first image, so a class folder of a million files costs one batch
     of directory entries, not its whole listing."""
     subfolders = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):  # as find_images (rglob), which does not follow them
-                subfolders.append(entry.path)
-            elif is_image_name(entry.name) and entry.is_file():
-                return True
+    for kind, entry in _entries(folder):
+        if kind == "image":
+            return True
+        subfolders.append(entry.path)
     return any(has_image(Path(sub)) for sub in sorted(subfolders))
 
 
@@ -69,15 +78,9 @@ def find_classes(root: Path) -> tuple[list[str] | None, str]:
     or None and what was found instead (for the error message of `labels=True`)."""
     if not root.is_dir():
         return None, "does not exist or is not a folder"
-    folders, loose = [], 0
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):  # as find_images (rglob), which does not follow them
-                folders.append(entry.name)
-            elif entry.is_file() and is_image_name(entry.name):
-                loose += 1
+    listing = list(_entries(root))
+    folders = [entry.name for kind, entry in listing if kind == "folder"]
+    loose = len(listing) - len(folders)
     classes = sorted(name for name in folders if has_image(root / name))
     if loose:
         return None, f"holds {loose} image(s) directly under it (and {len(classes)} subfolder(s) with images)"
