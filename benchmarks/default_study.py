@@ -58,6 +58,8 @@ ROWS: dict[str, list[str]] = {
     "linear_epsilon_ema_no_warmup": [*HO, "callbacks.ema.warmup=false"],  # decay 0.999 really (warm-up caps it)
     "min_snr": ["loss=min_snr"],                                # Hang et al. 2023, gamma 5: measured, 0.848 vs 0.812
     "min_snr_seed1": ["loss=min_snr", "seed=1"],                # to confirm it on the second seed
+    "baseline_seed2": ["seed=2"],                               # a third seed: min-SNR's lead on seed 1 was within the spread
+    "min_snr_seed2": ["loss=min_snr", "seed=2"],
     "lr1e-3": ["optimizer.lr=1e-3"],
     "lr2e-4": ["optimizer.lr=2e-4"],                            # Ho et al.'s
     "warmup1000": ["lr_scheduler.warmup_steps=1000"],
