@@ -45,6 +45,21 @@ def test_parameterization_options(make_cfg, option):
     assert model.parameterization.name == option
 
 
+@pytest.mark.parametrize("overrides, weighting", [
+    ([], "min_snr"),                                          # the default run's loss (default-run study)
+    (["parameterization=epsilon"], "min_snr"),
+    (["parameterization=mu"], "none"),                        # mu selects plain MSE: x_0 weightings diverge on it
+    (["parameterization=mu", "loss=huber"], "none"),          # the command line's loss wins
+    (["experiment=digits_ddpm"], "none"),                     # Ho et al.'s L_simple
+    (["experiment=cifar10_ddpm"], "none"),
+    (["experiment=digits_cond"], "none"),                     # the recipe its accuracy was measured with
+])
+def test_the_loss_each_config_trains_with(make_cfg, overrides, weighting):
+    _, model, _ = build(make_cfg(*overrides, "trainer.accelerator=cpu", "trainer.precision=32-true", "data=digits"))
+    assert model.loss_fn.weighting == weighting
+    assert model.loss_fn.type == ("huber" if "loss=huber" in overrides else "mse")
+
+
 @pytest.mark.parametrize("option", options("sampler"))
 def test_sampler_options(make_cfg, option):
     _, model, _ = build(make_cfg(f"sampler={option}"))
