@@ -85,7 +85,8 @@ def test_default_study_smoke_scores_each_row_against_the_floor(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert list(results) == ["baseline", "linear_epsilon"]
-    assert results["linear_epsilon"]["overrides"] == ["schedule=linear", "parameterization=epsilon"]
+    assert results["linear_epsilon"]["overrides"] == ["schedule=linear", "parameterization=epsilon", "loss=mse"]
+    assert results["baseline"]["overrides"] == ["loss=mse"]  # the study's reference: cosine + v, plain MSE
     for r in results.values():
         # the floor is a real-vs-real distance (> 0), the shares a distribution over the ten classes
         assert r["floor"] > 0 and abs(r["fid_ratio"] - r["fid"] / r["floor"]) < 1e-9
