@@ -84,6 +84,8 @@ def finish_args(args: argparse.Namespace, **defaults: Any) -> argparse.Namespace
             setattr(args, key, smoke if args.smoke else normal)
     if args.repeats is None:
         args.repeats = 1 if args.smoke else 3
+    if args.repeats < 1:  # before any work: a median of no runs has no value
+        raise SystemExit(f"error: --repeats {args.repeats}: must be an integer >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch.cuda.is_available() is False")
     if args.threads is None and args.smoke:

@@ -128,6 +128,8 @@ def test_step_cost_smoke_reports_seconds_per_step_and_per_validation(tmp_path):
     assert bad.returncode != 0 and "unknown rows ['nope']" in bad.stderr
     bad = run_script("step_cost.py", "--steps", "50")
     assert bad.returncode != 0 and "--steps 50: must be >= 100" in bad.stderr
+    bad = run_script("step_cost.py", "--repeats", "0")  # checked for every benchmark, in benchlib
+    assert bad.returncode != 0 and "--repeats 0: must be an integer >= 1" in bad.stderr
 
 
 def test_default_run_keeps_its_folder_when_asked_and_never_overwrites_one(tmp_path):
